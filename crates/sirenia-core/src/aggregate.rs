@@ -1,0 +1,386 @@
+//! Aggregates (pure decide + apply) and the repository that runs commands against a store.
+
+use futures_util::StreamExt;
+use uuid::Uuid;
+
+use crate::codec::{DomainEvent, JsonCodec};
+use crate::error::{CommandError, InvalidStreamId, Limit, LoadError, StoreError};
+use crate::event::Metadata;
+use crate::id::{EventId, ExpectedVersion, Position, StreamId};
+use crate::limits::{DEFAULT_COMMAND_RETRIES, MAX_COMMAND_RETRIES, MAX_EVENTS_PER_COMMAND};
+use crate::store::{EventStore, ReadStream, StreamWrite};
+
+/// An event-sourced aggregate: a state rebuilt by [`apply`](Aggregate::apply)ing its events, and a
+/// pure decision ([`handle`](Aggregate::handle)) that turns a command into new events or a
+/// business error. Neither does I/O: lookups happen before the command is built.
+pub trait Aggregate: Default + Send + Sync + 'static {
+    /// The category of its streams (`<CATEGORY>-<id>`); must not contain `-`.
+    const CATEGORY: &'static str;
+    /// What it can be asked to do.
+    type Command: Send;
+    /// What happened to it.
+    type Event: DomainEvent;
+    /// Why it refuses a command.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Evolves the state by one event. Must not fail: the event already happened.
+    fn apply(&mut self, event: &Self::Event);
+
+    /// Decides what a command does: the events to record, or why not.
+    fn handle(&self, command: Self::Command) -> Result<Vec<Self::Event>, Self::Error>;
+}
+
+/// An aggregate's state as loaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Loaded<A> {
+    /// The state.
+    pub state: A,
+    /// How many events made it (the stream's version).
+    pub version: u64,
+    /// Position of the last event applied.
+    pub last_position: Option<Position>,
+}
+
+/// How a command is run: its id (for idempotency), the caller's expected version (for
+/// optimistic concurrency across requests, as with HTTP `If-Match`), and the events' metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommandContext {
+    /// With an id, the command's events get ids derived from it, and running the same command
+    /// id again returns the first run's outcome without appending anything.
+    pub command_id: Option<Uuid>,
+    /// When set, the command runs only if the aggregate is at exactly this version, and a
+    /// mismatch is [`CommandError::Conflict`] (no retry: the caller decided on that version).
+    pub expected_version: Option<u64>,
+    /// Metadata for every event the command produces. Without a causation id, the command id
+    /// (if any) is used.
+    pub metadata: Metadata,
+}
+
+impl CommandContext {
+    /// An empty context.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the command id.
+    pub fn command_id(mut self, id: Uuid) -> Self {
+        self.command_id = Some(id);
+        self
+    }
+
+    /// Sets the expected version.
+    pub fn expected_version(mut self, version: u64) -> Self {
+        self.expected_version = Some(version);
+        self
+    }
+
+    /// Sets the correlation id.
+    pub fn correlation_id(mut self, id: impl Into<String>) -> Self {
+        self.metadata.correlation_id = Some(id.into());
+        self
+    }
+
+    /// Sets the causation id.
+    pub fn causation_id(mut self, id: impl Into<String>) -> Self {
+        self.metadata.causation_id = Some(id.into());
+        self
+    }
+}
+
+/// The outcome of a command that took effect.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Executed<A: Aggregate> {
+    /// The state right after the command's events.
+    pub state: A,
+    /// The events it produced (none if the decision was a no-op).
+    pub events: Vec<A::Event>,
+    /// The stream's version right after them.
+    pub version: u64,
+    /// Position of its first event.
+    pub first_position: Option<Position>,
+    /// Position of its last event.
+    pub last_position: Option<Position>,
+    /// Attempts made (more than 1 after concurrency conflicts).
+    pub attempts: u32,
+    /// Whether this command id had already run: nothing was appended now, and this is the
+    /// first run's outcome.
+    pub repeated: bool,
+}
+
+/// Loads aggregates and runs commands on them against a store.
+pub struct Repository<A: Aggregate, S> {
+    store: S,
+    codec: JsonCodec<A::Event>,
+    max_retries: u32,
+}
+
+impl<A: Aggregate, S: Clone> Clone for Repository<A, S> {
+    fn clone(&self) -> Self {
+        Repository {
+            store: self.store.clone(),
+            codec: self.codec.clone(),
+            max_retries: self.max_retries,
+        }
+    }
+}
+
+impl<A: Aggregate, S: std::fmt::Debug> std::fmt::Debug for Repository<A, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("category", &A::CATEGORY)
+            .field("store", &self.store)
+            .field("max_retries", &self.max_retries)
+            .finish()
+    }
+}
+
+impl<A: Aggregate, S: EventStore> Repository<A, S> {
+    /// A repository over `store` with the default codec and retry count.
+    pub fn new(store: S) -> Self {
+        Repository {
+            store,
+            codec: JsonCodec::new(),
+            max_retries: DEFAULT_COMMAND_RETRIES,
+        }
+    }
+
+    /// Uses `codec` (with its upcasters) for this aggregate's events.
+    pub fn with_codec(mut self, codec: JsonCodec<A::Event>) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Retries a command at most `retries` times after conflicts (at most
+    /// [`MAX_COMMAND_RETRIES`]).
+    pub fn with_max_retries(mut self, retries: u32) -> Result<Self, StoreError> {
+        if retries > MAX_COMMAND_RETRIES {
+            return Err(StoreError::LimitExceeded {
+                limit: Limit::CommandRetries,
+                max: u64::from(MAX_COMMAND_RETRIES),
+                actual: u64::from(retries),
+            });
+        }
+        self.max_retries = retries;
+        Ok(self)
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The codec.
+    pub fn codec(&self) -> &JsonCodec<A::Event> {
+        &self.codec
+    }
+
+    /// The stream of aggregate `id`: `<CATEGORY>-<id>`.
+    pub fn stream_id(&self, id: &str) -> Result<StreamId, InvalidStreamId> {
+        StreamId::for_aggregate(A::CATEGORY, id)
+    }
+
+    /// Loads aggregate `id` (the default state if it has no events).
+    pub async fn load(&self, id: &str) -> Result<Loaded<A>, LoadError> {
+        let stream = self.stream_id(id)?;
+        self.load_stream(&stream, None).await
+    }
+
+    /// Loads aggregate `id` as it was after its first `version` events (fewer if it has fewer;
+    /// see [`Loaded::version`]).
+    pub async fn load_version(&self, id: &str, version: u64) -> Result<Loaded<A>, LoadError> {
+        let stream = self.stream_id(id)?;
+        self.load_stream(&stream, Some(version)).await
+    }
+
+    async fn load_stream(
+        &self,
+        stream: &StreamId,
+        upto: Option<u64>,
+    ) -> Result<Loaded<A>, LoadError> {
+        let mut options = ReadStream::forward();
+        if let Some(limit) = upto {
+            options = options.limit(limit);
+        }
+        let mut events = self.store.read_stream(stream, options);
+        let mut loaded = Loaded {
+            state: A::default(),
+            version: 0,
+            last_position: None,
+        };
+        while let Some(recorded) = events.next().await {
+            let recorded = recorded?;
+            self.codec
+                .decode_with(&recorded, |event| loaded.state.apply(&event))?;
+            loaded.version = recorded.revision + 1;
+            loaded.last_position = Some(recorded.position);
+        }
+        Ok(loaded)
+    }
+
+    /// Runs `command` on aggregate `id` with an empty [`CommandContext`].
+    pub async fn execute(
+        &self,
+        id: &str,
+        command: A::Command,
+    ) -> Result<Executed<A>, CommandError<A::Error>>
+    where
+        A::Command: Clone,
+    {
+        self.execute_with(id, command, &CommandContext::default())
+            .await
+    }
+
+    /// Runs `command` on aggregate `id`: load, decide, append with the loaded version as
+    /// [`ExpectedVersion::Exact`]; on a conflict, start over (at most the configured number of
+    /// retries) unless the caller fixed the version in `context`.
+    pub async fn execute_with(
+        &self,
+        id: &str,
+        command: A::Command,
+        context: &CommandContext,
+    ) -> Result<Executed<A>, CommandError<A::Error>>
+    where
+        A::Command: Clone,
+    {
+        let stream = self.stream_id(id)?;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            if let Some(command_id) = context.command_id
+                && let Some(done) = self.already_executed(&stream, command_id, attempts).await?
+            {
+                return Ok(done);
+            }
+            let loaded = self.load_stream(&stream, None).await?;
+            if let Some(expected) = context.expected_version
+                && loaded.version != expected
+            {
+                return Err(CommandError::Conflict {
+                    stream,
+                    expected,
+                    actual: (loaded.version > 0).then_some(loaded.version),
+                });
+            }
+            let events = loaded
+                .state
+                .handle(command.clone())
+                .map_err(CommandError::Rejected)?;
+            if events.len() > MAX_EVENTS_PER_COMMAND {
+                return Err(CommandError::TooManyEvents(events.len() as u64));
+            }
+            if events.is_empty() {
+                return Ok(Executed {
+                    state: loaded.state,
+                    events,
+                    version: loaded.version,
+                    first_position: None,
+                    last_position: None,
+                    attempts,
+                    repeated: false,
+                });
+            }
+            let mut metadata = context.metadata.clone();
+            if metadata.causation_id.is_none() {
+                metadata.causation_id = context.command_id.map(|c| c.to_string());
+            }
+            let mut new_events = Vec::with_capacity(events.len());
+            for (i, event) in events.iter().enumerate() {
+                let id = match context.command_id {
+                    // `i` is below MAX_EVENTS_PER_COMMAND, far below u32::MAX.
+                    Some(command_id) => {
+                        EventId::derived(command_id, u32::try_from(i).unwrap_or(u32::MAX))
+                    }
+                    None => EventId::new(),
+                };
+                new_events.push(self.codec.to_new_event(event, id, metadata.clone())?);
+            }
+            let write = StreamWrite::new(
+                stream.clone(),
+                ExpectedVersion::Exact(loaded.version),
+                new_events,
+            );
+            match self.store.append(vec![write]).await {
+                Ok(result) => {
+                    let appended = result.streams.into_iter().next();
+                    let mut state = loaded.state;
+                    for event in &events {
+                        state.apply(event);
+                    }
+                    return Ok(Executed {
+                        state,
+                        events,
+                        version: appended.as_ref().map_or(loaded.version, |a| a.version),
+                        first_position: appended.as_ref().and_then(|a| a.first_position),
+                        last_position: appended.as_ref().and_then(|a| a.last_position),
+                        attempts,
+                        repeated: false,
+                    });
+                }
+                Err(StoreError::Conflict { actual, .. }) => {
+                    if let Some(expected) = context.expected_version {
+                        return Err(CommandError::Conflict {
+                            stream,
+                            expected,
+                            actual,
+                        });
+                    }
+                    if attempts > self.max_retries {
+                        return Err(CommandError::TooManyConflicts { stream, attempts });
+                    }
+                }
+                Err(e) => return Err(CommandError::Store(e)),
+            }
+        }
+    }
+
+    /// The first run's outcome if command `command_id` already ran on `stream`.
+    async fn already_executed(
+        &self,
+        stream: &StreamId,
+        command_id: Uuid,
+        attempts: u32,
+    ) -> Result<Option<Executed<A>>, CommandError<A::Error>> {
+        let Some(first) = self
+            .store
+            .event_by_id(EventId::derived(command_id, 0))
+            .await?
+        else {
+            return Ok(None);
+        };
+        if &first.stream_id != stream {
+            return Err(CommandError::CommandIdReused {
+                command_id,
+                stream: first.stream_id,
+            });
+        }
+        let mut recorded = self.store.read_stream(
+            stream,
+            ReadStream::forward()
+                .from(first.revision)
+                .limit(MAX_EVENTS_PER_COMMAND as u64),
+        );
+        let mut events = Vec::new();
+        let mut count = 0u32;
+        let mut last_position = None;
+        while let Some(r) = recorded.next().await {
+            let r = r?;
+            if r.id != EventId::derived(command_id, count) {
+                break;
+            }
+            self.codec.decode_with(&r, |e| events.push(e))?;
+            last_position = Some(r.position);
+            count += 1;
+        }
+        let version = first.revision + u64::from(count);
+        let state = self.load_stream(stream, Some(version)).await?.state;
+        Ok(Some(Executed {
+            state,
+            events,
+            version,
+            first_position: Some(first.position),
+            last_position,
+            attempts,
+            repeated: true,
+        }))
+    }
+}

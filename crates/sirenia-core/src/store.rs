@@ -1,0 +1,806 @@
+//! The store port: the one contract every event store implements.
+//!
+//! A store implements a handful of page-level methods ([`EventStore::append`],
+//! [`EventStore::read_stream_page`], [`EventStore::read_all_page`], …). The streaming reads and
+//! subscriptions every user calls ([`EventStore::read_stream`], [`EventStore::read_all`],
+//! [`EventStore::subscribe`]) are built on them once, here, so every store pages, limits and
+//! signals "caught up" the same way, with memory bounded by one page whatever the log's length.
+
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ExistingEvent, InvalidAppend, Limit, StoreError};
+use crate::event::{NewEvent, RecordedEvent};
+use crate::id::{EventId, ExpectedVersion, Position, StreamId};
+use crate::limits::{
+    DEFAULT_PAGE_SIZE, MAX_APPEND_BYTES, MAX_CONTENT_TYPE_BYTES, MAX_EVENT_BYTES,
+    MAX_EVENT_TYPE_BYTES, MAX_EVENTS_PER_APPEND, MAX_METADATA_BYTES, MAX_PAGE_SIZE,
+    MAX_STREAMS_PER_APPEND,
+};
+
+/// A stream of recorded events; each item is fetched page by page as the consumer polls.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<RecordedEvent, StoreError>> + Send>>;
+
+/// A subscription: the events from a position on, then [`SubscriptionItem::CaughtUp`] once, then
+/// live events as they are committed.
+pub type Subscription = Pin<Box<dyn Stream<Item = Result<SubscriptionItem, StoreError>> + Send>>;
+
+/// The writes to one stream in an append.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamWrite {
+    /// The stream.
+    pub stream: StreamId,
+    /// What the stream's version must be for the append to go ahead.
+    pub expected: ExpectedVersion,
+    /// The events, in order. May be empty: the write then only checks `expected`.
+    pub events: Vec<NewEvent>,
+}
+
+impl StreamWrite {
+    /// A write of `events` to `stream` expecting `expected`.
+    pub fn new(stream: StreamId, expected: ExpectedVersion, events: Vec<NewEvent>) -> Self {
+        StreamWrite {
+            stream,
+            expected,
+            events,
+        }
+    }
+}
+
+/// What an append did to one stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamAppended {
+    /// The stream.
+    pub stream: StreamId,
+    /// The revision of the write's first event (the stream's version before it).
+    pub first_revision: u64,
+    /// The stream's version after the write (its number of events).
+    pub version: u64,
+    /// The position of the write's first event (`None` for a write without events).
+    pub first_position: Option<Position>,
+    /// The position of the write's last event (`None` for a write without events).
+    pub last_position: Option<Position>,
+}
+
+/// The result of a successful append, one entry per stream write, in request order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendResult {
+    /// Per stream write, in request order.
+    pub streams: Vec<StreamAppended>,
+}
+
+impl AppendResult {
+    /// The highest position written (`None` if no event was written). Waiting for a projection
+    /// to reach it gives read-your-writes.
+    pub fn last_position(&self) -> Option<Position> {
+        self.streams.iter().filter_map(|s| s.last_position).max()
+    }
+
+    /// The entry for `stream`.
+    pub fn stream(&self, stream: &StreamId) -> Option<&StreamAppended> {
+        self.streams.iter().find(|s| &s.stream == stream)
+    }
+}
+
+/// Reading direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Oldest first.
+    #[default]
+    Forward,
+    /// Newest first.
+    Backward,
+}
+
+/// Which events of the global log a read or subscription wants. Empty lists match everything;
+/// within a list any entry may match; both lists must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventFilter {
+    /// Stream categories (the part of the stream id before the first `-`).
+    #[serde(default)]
+    pub categories: Vec<String>,
+    /// Event types.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+}
+
+impl EventFilter {
+    /// Everything.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Events of streams in `category`.
+    pub fn category(category: impl Into<String>) -> Self {
+        EventFilter {
+            categories: vec![category.into()],
+            event_types: Vec::new(),
+        }
+    }
+
+    /// Also accept streams in `category`.
+    pub fn or_category(mut self, category: impl Into<String>) -> Self {
+        self.categories.push(category.into());
+        self
+    }
+
+    /// Also accept events of type `event_type` (the first call restricts to it).
+    pub fn event_type(mut self, event_type: impl Into<String>) -> Self {
+        self.event_types.push(event_type.into());
+        self
+    }
+
+    /// Whether the filter accepts everything.
+    pub fn is_all(&self) -> bool {
+        self.categories.is_empty() && self.event_types.is_empty()
+    }
+
+    /// Whether the filter accepts an event of `event_type` in `stream`.
+    pub fn accepts(&self, stream: &StreamId, event_type: &str) -> bool {
+        (self.categories.is_empty() || self.categories.iter().any(|c| c == stream.category()))
+            && (self.event_types.is_empty() || self.event_types.iter().any(|t| t == event_type))
+    }
+
+    /// Whether the filter accepts `event`.
+    pub fn matches(&self, event: &RecordedEvent) -> bool {
+        self.accepts(&event.stream_id, &event.event_type)
+    }
+}
+
+/// Options of [`EventStore::read_stream`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadStream {
+    /// Direction.
+    pub direction: Direction,
+    /// First revision to return (inclusive). Backward, `u64::MAX` means "from the last event".
+    pub from: u64,
+    /// Most events to return (`None`: no limit).
+    pub limit: Option<u64>,
+    /// Events per page (1..=[`MAX_PAGE_SIZE`]).
+    pub page_size: usize,
+}
+
+impl ReadStream {
+    /// Forward from revision 0.
+    pub fn forward() -> Self {
+        ReadStream {
+            direction: Direction::Forward,
+            from: 0,
+            limit: None,
+            page_size: DEFAULT_PAGE_SIZE,
+        }
+    }
+
+    /// Backward from the last event.
+    pub fn backward() -> Self {
+        ReadStream {
+            direction: Direction::Backward,
+            from: u64::MAX,
+            limit: None,
+            page_size: DEFAULT_PAGE_SIZE,
+        }
+    }
+
+    /// Starts at `revision` (inclusive).
+    pub fn from(mut self, revision: u64) -> Self {
+        self.from = revision;
+        self
+    }
+
+    /// Returns at most `limit` events.
+    pub fn limit(mut self, limit: u64) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Reads `page_size` events per page.
+    pub fn page_size(mut self, page_size: usize) -> Self {
+        self.page_size = page_size;
+        self
+    }
+}
+
+impl Default for ReadStream {
+    fn default() -> Self {
+        Self::forward()
+    }
+}
+
+/// Options of [`EventStore::read_all`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadAll {
+    /// Direction.
+    pub direction: Direction,
+    /// First position to consider (inclusive). Backward, [`Position::END`] means "from the newest".
+    pub from: Position,
+    /// Which events.
+    pub filter: EventFilter,
+    /// Most events to return (`None`: no limit).
+    pub limit: Option<u64>,
+    /// Events per page (1..=[`MAX_PAGE_SIZE`]).
+    pub page_size: usize,
+}
+
+impl ReadAll {
+    /// Forward from the start of the log.
+    pub fn forward() -> Self {
+        ReadAll {
+            direction: Direction::Forward,
+            from: Position::START,
+            filter: EventFilter::all(),
+            limit: None,
+            page_size: DEFAULT_PAGE_SIZE,
+        }
+    }
+
+    /// Backward from the newest event.
+    pub fn backward() -> Self {
+        ReadAll {
+            direction: Direction::Backward,
+            from: Position::END,
+            ..Self::forward()
+        }
+    }
+
+    /// Starts at `position` (inclusive).
+    pub fn from(mut self, position: Position) -> Self {
+        self.from = position;
+        self
+    }
+
+    /// Only events `filter` accepts.
+    pub fn filter(mut self, filter: EventFilter) -> Self {
+        self.filter = filter;
+        self
+    }
+
+    /// Returns at most `limit` events.
+    pub fn limit(mut self, limit: u64) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Reads `page_size` events per page.
+    pub fn page_size(mut self, page_size: usize) -> Self {
+        self.page_size = page_size;
+        self
+    }
+}
+
+impl Default for ReadAll {
+    fn default() -> Self {
+        Self::forward()
+    }
+}
+
+/// Options of [`EventStore::subscribe`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscribe {
+    /// First position to deliver (inclusive); [`Position::START`] for the whole log.
+    pub from: Position,
+    /// Which events.
+    pub filter: EventFilter,
+    /// Events per page while catching up (1..=[`MAX_PAGE_SIZE`]).
+    pub page_size: usize,
+}
+
+impl Subscribe {
+    /// The whole log, then live events.
+    pub fn from_start() -> Self {
+        Self::from(Position::START)
+    }
+
+    /// From `position` (inclusive), then live events.
+    pub fn from(position: Position) -> Self {
+        Subscribe {
+            from: position,
+            filter: EventFilter::all(),
+            page_size: DEFAULT_PAGE_SIZE,
+        }
+    }
+
+    /// Only events `filter` accepts.
+    pub fn filter(mut self, filter: EventFilter) -> Self {
+        self.filter = filter;
+        self
+    }
+
+    /// Reads `page_size` events per page.
+    pub fn page_size(mut self, page_size: usize) -> Self {
+        self.page_size = page_size;
+        self
+    }
+}
+
+/// An item of a [`Subscription`].
+// Events are nearly every item: boxing them would cost an allocation each for nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubscriptionItem {
+    /// The next event, in position order.
+    Event(RecordedEvent),
+    /// Sent once, when the subscription has delivered everything committed when it reached the
+    /// head of the log; events after this are live. `head` is the last position examined: every
+    /// matching event at or below it has been delivered, so it is a safe checkpoint.
+    CaughtUp {
+        /// The last position examined.
+        head: Position,
+    },
+}
+
+/// One page of the global log, as returned by [`EventStore::read_all_page`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllPage {
+    /// The matching events, in the direction read.
+    pub events: Vec<RecordedEvent>,
+    /// Where the next page starts (inclusive). Forward at the end, this is one past the last
+    /// position examined, so a subscription resumes there.
+    pub next: Position,
+    /// Whether the page reached the end of what is visible (forward: the head; backward: the
+    /// start). A page may be empty but not at the end when a filter skipped everything it
+    /// examined.
+    pub at_end: bool,
+}
+
+/// The event store port.
+///
+/// Implementations are cheap handles (`Clone`), shareable across tasks. Every method's future is
+/// `Send`. Appends are atomic across all their stream writes, idempotent on event ids, and
+/// durable when they return (for durable stores); positions are strictly increasing in commit
+/// order.
+pub trait EventStore: Clone + Send + Sync + 'static {
+    /// Appends all `writes` or none.
+    ///
+    /// Fails with [`StoreError::Conflict`] when a stream's version does not match its write's
+    /// expectation. Re-appending events whose ids are already stored at the same place with the
+    /// same content writes nothing and returns the original result; an id stored elsewhere or
+    /// with other content is [`StoreError::EventIdReused`]. Limits are checked first
+    /// ([`validate_append`]).
+    fn append(
+        &self,
+        writes: Vec<StreamWrite>,
+    ) -> impl Future<Output = Result<AppendResult, StoreError>> + Send;
+
+    /// The stream's version (its number of events), `None` if it does not exist.
+    fn stream_version(
+        &self,
+        stream: &StreamId,
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+
+    /// The event with id `id`, if stored.
+    fn event_by_id(
+        &self,
+        id: EventId,
+    ) -> impl Future<Output = Result<Option<RecordedEvent>, StoreError>> + Send;
+
+    /// The highest position visible to readers ([`Position::START`] when the log is empty).
+    fn head_position(&self) -> impl Future<Output = Result<Position, StoreError>> + Send;
+
+    /// At most `max` events of `stream` from revision `from` (inclusive) in `direction`.
+    /// Backward, `from = u64::MAX` starts at the last event. A missing stream reads as empty.
+    fn read_stream_page(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        direction: Direction,
+        max: usize,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// At most `max` events of the global log accepted by `filter`, from position `from`
+    /// (inclusive) in `direction`, examining a bounded number of events.
+    fn read_all_page(
+        &self,
+        from: Position,
+        direction: Direction,
+        filter: &EventFilter,
+        max: usize,
+    ) -> impl Future<Output = Result<AllPage, StoreError>> + Send;
+
+    /// Resolves when an event at or after `from` may have become visible (it may resolve
+    /// spuriously; the caller re-reads). Live subscriptions wait on this.
+    fn wait_for_events(
+        &self,
+        from: Position,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The events of `stream`, paged, with memory bounded by one page.
+    fn read_stream(&self, stream: &StreamId, options: ReadStream) -> EventStream {
+        read_stream_paged(self.clone(), stream.clone(), options)
+    }
+
+    /// The events of the global log, paged, with memory bounded by one page.
+    fn read_all(&self, options: ReadAll) -> EventStream {
+        read_all_paged(self.clone(), options)
+    }
+
+    /// Catch up from `options.from`, signal [`SubscriptionItem::CaughtUp`], then deliver live
+    /// events. Pages are fetched only as the consumer polls, so a slow consumer slows the
+    /// subscription instead of growing a buffer.
+    fn subscribe(&self, options: Subscribe) -> Subscription {
+        subscribe_paged(self.clone(), options)
+    }
+}
+
+fn check_page_size(page_size: usize) -> Result<(), StoreError> {
+    if page_size == 0 || page_size > MAX_PAGE_SIZE {
+        return Err(StoreError::LimitExceeded {
+            limit: Limit::PageSize,
+            max: MAX_PAGE_SIZE as u64,
+            actual: page_size as u64,
+        });
+    }
+    Ok(())
+}
+
+/// How many events to ask for next: a page, capped by what the limit leaves.
+fn next_request(page_size: usize, remaining: Option<u64>) -> usize {
+    match remaining {
+        Some(r) => usize::try_from(r).map_or(page_size, |r| r.min(page_size)),
+        None => page_size,
+    }
+}
+
+struct Paging<S, C> {
+    store: S,
+    cursor: C,
+    remaining: Option<u64>,
+    buffer: VecDeque<RecordedEvent>,
+    done: bool,
+}
+
+fn read_stream_paged<S: EventStore>(
+    store: S,
+    stream: StreamId,
+    options: ReadStream,
+) -> EventStream {
+    let state = Paging {
+        store,
+        cursor: options.from,
+        remaining: options.limit,
+        buffer: VecDeque::new(),
+        done: false,
+    };
+    let direction = options.direction;
+    let page_size = options.page_size;
+    Box::pin(futures_util::stream::unfold(state, move |mut st| {
+        let stream = stream.clone();
+        async move {
+            loop {
+                if st.remaining == Some(0) {
+                    return None;
+                }
+                if let Some(event) = st.buffer.pop_front() {
+                    st.remaining = st.remaining.map(|r| r - 1);
+                    return Some((Ok(event), st));
+                }
+                if st.done {
+                    return None;
+                }
+                if let Err(e) = check_page_size(page_size) {
+                    st.done = true;
+                    return Some((Err(e), st));
+                }
+                let want = next_request(page_size, st.remaining);
+                match st
+                    .store
+                    .read_stream_page(&stream, st.cursor, direction, want)
+                    .await
+                {
+                    Err(e) => {
+                        st.done = true;
+                        return Some((Err(e), st));
+                    }
+                    Ok(page) => {
+                        match (direction, page.last()) {
+                            (_, None) => st.done = true,
+                            (Direction::Forward, Some(last)) => st.cursor = last.revision + 1,
+                            (Direction::Backward, Some(last)) => match last.revision.checked_sub(1)
+                            {
+                                Some(c) => st.cursor = c,
+                                None => st.done = true,
+                            },
+                        }
+                        if page.len() < want {
+                            st.done = true;
+                        }
+                        st.buffer.extend(page);
+                    }
+                }
+            }
+        }
+    }))
+}
+
+fn read_all_paged<S: EventStore>(store: S, options: ReadAll) -> EventStream {
+    let state = Paging {
+        store,
+        cursor: options.from,
+        remaining: options.limit,
+        buffer: VecDeque::new(),
+        done: false,
+    };
+    let ReadAll {
+        direction,
+        filter,
+        page_size,
+        ..
+    } = options;
+    Box::pin(futures_util::stream::unfold(state, move |mut st| {
+        let filter = filter.clone();
+        async move {
+            loop {
+                if st.remaining == Some(0) {
+                    return None;
+                }
+                if let Some(event) = st.buffer.pop_front() {
+                    st.remaining = st.remaining.map(|r| r - 1);
+                    return Some((Ok(event), st));
+                }
+                if st.done {
+                    return None;
+                }
+                if let Err(e) = check_page_size(page_size) {
+                    st.done = true;
+                    return Some((Err(e), st));
+                }
+                let want = next_request(page_size, st.remaining);
+                match st
+                    .store
+                    .read_all_page(st.cursor, direction, &filter, want)
+                    .await
+                {
+                    Err(e) => {
+                        st.done = true;
+                        return Some((Err(e), st));
+                    }
+                    Ok(page) => {
+                        st.cursor = page.next;
+                        st.done = page.at_end;
+                        st.buffer.extend(page.events);
+                    }
+                }
+            }
+        }
+    }))
+}
+
+struct SubState<S> {
+    store: S,
+    cursor: Position,
+    last_examined: Position,
+    buffer: VecDeque<RecordedEvent>,
+    caught_up_sent: bool,
+    failed: bool,
+}
+
+fn subscribe_paged<S: EventStore>(store: S, options: Subscribe) -> Subscription {
+    let Subscribe {
+        from,
+        filter,
+        page_size,
+    } = options;
+    let state = SubState {
+        store,
+        cursor: from,
+        last_examined: Position(from.get().saturating_sub(1)),
+        buffer: VecDeque::new(),
+        caught_up_sent: false,
+        failed: false,
+    };
+    Box::pin(futures_util::stream::unfold(state, move |mut st| {
+        let filter = filter.clone();
+        async move {
+            if st.failed {
+                return None;
+            }
+            if let Err(e) = check_page_size(page_size) {
+                st.failed = true;
+                return Some((Err(e), st));
+            }
+            loop {
+                if let Some(event) = st.buffer.pop_front() {
+                    return Some((Ok(SubscriptionItem::Event(event)), st));
+                }
+                let page = match st
+                    .store
+                    .read_all_page(st.cursor, Direction::Forward, &filter, page_size)
+                    .await
+                {
+                    Ok(page) => page,
+                    Err(e) => {
+                        st.failed = true;
+                        return Some((Err(e), st));
+                    }
+                };
+                debug_assert!(page.next >= st.cursor, "a forward page moved backwards");
+                debug_assert!(
+                    page.events
+                        .windows(2)
+                        .all(|w| w[0].position < w[1].position),
+                    "a page is not in position order"
+                );
+                if page.next > st.cursor {
+                    st.last_examined = Position(page.next.get() - 1);
+                }
+                st.cursor = page.next;
+                let empty = page.events.is_empty();
+                st.buffer.extend(page.events);
+                if !empty || !page.at_end {
+                    continue;
+                }
+                if !st.caught_up_sent {
+                    st.caught_up_sent = true;
+                    let head = st.last_examined;
+                    return Some((Ok(SubscriptionItem::CaughtUp { head }), st));
+                }
+                if let Err(e) = st.store.wait_for_events(st.cursor).await {
+                    st.failed = true;
+                    return Some((Err(e), st));
+                }
+            }
+        }
+    }))
+}
+
+/// Checks an append against the limits and its own consistency before any I/O; every store
+/// calls this first. Returns the total number of events.
+pub fn validate_append(writes: &[StreamWrite]) -> Result<usize, StoreError> {
+    if writes.is_empty() {
+        return Err(InvalidAppend::Empty.into());
+    }
+    if writes.len() > MAX_STREAMS_PER_APPEND {
+        return Err(limit(
+            Limit::StreamsPerAppend,
+            MAX_STREAMS_PER_APPEND,
+            writes.len(),
+        ));
+    }
+    let total: usize = writes.iter().map(|w| w.events.len()).sum();
+    if total > MAX_EVENTS_PER_APPEND {
+        return Err(limit(Limit::EventsPerAppend, MAX_EVENTS_PER_APPEND, total));
+    }
+    let mut streams = HashSet::with_capacity(writes.len());
+    let mut ids = HashSet::with_capacity(total);
+    let mut bytes = 0usize;
+    for write in writes {
+        if !streams.insert(&write.stream) {
+            return Err(InvalidAppend::DuplicateStream(write.stream.clone()).into());
+        }
+        for event in &write.events {
+            if !ids.insert(event.id) {
+                return Err(InvalidAppend::DuplicateEventId(event.id).into());
+            }
+            check_name(
+                &event.event_type,
+                MAX_EVENT_TYPE_BYTES,
+                Limit::EventTypeBytes,
+                InvalidAppend::BadEventType,
+            )?;
+            check_name(
+                &event.content_type,
+                MAX_CONTENT_TYPE_BYTES,
+                Limit::ContentTypeBytes,
+                InvalidAppend::BadContentType,
+            )?;
+            if event.data.len() > MAX_EVENT_BYTES {
+                return Err(limit(Limit::EventBytes, MAX_EVENT_BYTES, event.data.len()));
+            }
+            let metadata_len = if event.metadata.is_empty() {
+                2
+            } else {
+                event
+                    .metadata
+                    .to_json()
+                    .map_err(|e| InvalidAppend::BadMetadata(e.to_string()))?
+                    .len()
+            };
+            if metadata_len > MAX_METADATA_BYTES {
+                return Err(limit(
+                    Limit::MetadataBytes,
+                    MAX_METADATA_BYTES,
+                    metadata_len,
+                ));
+            }
+            bytes = bytes.saturating_add(event.data.len() + metadata_len);
+        }
+    }
+    if bytes > MAX_APPEND_BYTES {
+        return Err(limit(Limit::AppendBytes, MAX_APPEND_BYTES, bytes));
+    }
+    Ok(total)
+}
+
+/// A type name must be non-empty, free of control characters and at most `max` bytes long.
+fn check_name(
+    name: &str,
+    max: usize,
+    which: Limit,
+    bad: fn(String) -> InvalidAppend,
+) -> Result<(), StoreError> {
+    if name.is_empty() || name.chars().any(char::is_control) {
+        return Err(bad(truncated(name)).into());
+    }
+    if name.len() > max {
+        return Err(limit(which, max, name.len()));
+    }
+    Ok(())
+}
+
+fn truncated(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+fn limit(limit: Limit, max: usize, actual: usize) -> StoreError {
+    StoreError::LimitExceeded {
+        limit,
+        max: max as u64,
+        actual: actual as u64,
+    }
+}
+
+/// How a store must treat one stream write, given the stored events (if any) with the ids of
+/// its events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteDisposition {
+    /// None of its ids is stored: check the expectation and write.
+    New,
+    /// All its events are stored, in order, in this stream, with the same content, at a place
+    /// its expectation allows: write nothing and answer with the original result.
+    Repeat(StreamAppended),
+}
+
+/// Decides whether `write` is new or an idempotent repeat. `found[i]` is the stored event with
+/// the id of `write.events[i]`, if any. Any other combination (some ids stored, an id stored in
+/// another stream, at another revision or with other content) is [`StoreError::EventIdReused`].
+pub fn classify_write(
+    write: &StreamWrite,
+    found: &[Option<&RecordedEvent>],
+) -> Result<WriteDisposition, StoreError> {
+    assert_eq!(write.events.len(), found.len(), "one lookup per event");
+    let Some(first_found) = found.iter().flatten().next() else {
+        return Ok(WriteDisposition::New);
+    };
+    let reused = |event_id: EventId, existing: &RecordedEvent| StoreError::EventIdReused {
+        event_id,
+        existing: ExistingEvent {
+            stream: existing.stream_id.clone(),
+            revision: existing.revision,
+        },
+    };
+    let first = match found.first() {
+        Some(Some(first)) => *first,
+        _ => {
+            let event_id = first_found.id;
+            return Err(reused(event_id, first_found));
+        }
+    };
+    let base = first.revision;
+    let place_allowed = match write.expected {
+        ExpectedVersion::Any => true,
+        ExpectedVersion::NoStream => base == 0,
+        ExpectedVersion::StreamExists => base > 0,
+        ExpectedVersion::Exact(v) => base == v,
+    };
+    for (i, (event, stored)) in write.events.iter().zip(found).enumerate() {
+        let Some(stored) = stored else {
+            return Err(reused(first.id, first));
+        };
+        let same_place = stored.stream_id == write.stream && stored.revision == base + i as u64;
+        if !place_allowed || !same_place || !event.same_content_as(stored) {
+            return Err(reused(event.id, stored));
+        }
+    }
+    let last = found.last().copied().flatten().unwrap_or(first);
+    Ok(WriteDisposition::Repeat(StreamAppended {
+        stream: write.stream.clone(),
+        first_revision: base,
+        version: base + write.events.len() as u64,
+        first_position: Some(first.position),
+        last_position: Some(last.position),
+    }))
+}
