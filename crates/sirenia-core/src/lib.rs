@@ -1,7 +1,7 @@
 //! # sirenia-core
 //!
 //! The I/O-free heart of Sirenia: identifiers and envelopes, the [`EventStore`] port, the event
-//! [codec](codec) with its upcasters, [aggregates](Aggregate) and the [`Repository`] that runs
+//! [codec] with its upcasters, [aggregates](Aggregate) and the [`Repository`] that runs
 //! commands, errors, [limits], and the [`InMemoryStore`] every other store is measured against.
 //!
 //! ## A first aggregate

@@ -1,1 +1,57 @@
-//! placeholder
+//! # Sirenia
+//!
+//! Event sourcing and CQRS for Rust. Every state change is an immutable event in a stream;
+//! current state is the replay of those events through an [`Aggregate`]; one global log orders
+//! every event in commit order, and never skips one.
+//!
+//! This crate is the entry point: it re-exports [`sirenia_core`] (the model, the [`EventStore`]
+//! port, the codec, aggregates and the [`InMemoryStore`]) and, behind features, the stores and
+//! tools around it:
+//!
+//! | feature   | what it adds |
+//! |-----------|--------------|
+//! | `testkit` | [`testkit`]: the store conformance suite and given/when/then fixtures |
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use sirenia::{Aggregate, DomainEvent, InMemoryStore, Repository};
+//!
+//! #[derive(Default)]
+//! struct Door { open: bool }
+//!
+//! #[derive(Clone)]
+//! enum DoorCommand { Open }
+//!
+//! #[derive(Debug, PartialEq, Serialize, Deserialize)]
+//! enum DoorEvent { Opened }
+//! impl DomainEvent for DoorEvent {}
+//!
+//! #[derive(Debug, thiserror::Error)]
+//! #[error("the door is already open")]
+//! struct AlreadyOpen;
+//!
+//! impl Aggregate for Door {
+//!     const CATEGORY: &'static str = "door";
+//!     type Command = DoorCommand;
+//!     type Event = DoorEvent;
+//!     type Error = AlreadyOpen;
+//!     fn apply(&mut self, _: &DoorEvent) { self.open = true; }
+//!     fn handle(&self, _: DoorCommand) -> Result<Vec<DoorEvent>, AlreadyOpen> {
+//!         if self.open { Err(AlreadyOpen) } else { Ok(vec![DoorEvent::Opened]) }
+//!     }
+//! }
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let doors = Repository::<Door, _>::new(InMemoryStore::new());
+//! doors.execute("front", DoorCommand::Open).await?;
+//! assert!(doors.load("front").await?.state.open);
+//! assert!(doors.execute("front", DoorCommand::Open).await.is_err());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+
+pub use sirenia_core::*;
+
+/// The store conformance suite and given/when/then fixtures.
+#[cfg(feature = "testkit")]
+pub use sirenia_testkit as testkit;

@@ -1,1 +1,19 @@
-//! placeholder
+//! Sirenia's reference domain: bank accounts.
+//!
+//! [`account::Account`] is an event-sourced aggregate with pure decisions; run it through a
+//! [`sirenia::Repository`] on any store:
+//!
+//! ```
+//! use bank::account::{Account, AccountCommand};
+//! use sirenia::{InMemoryStore, Repository};
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let accounts = Repository::<Account, _>::new(InMemoryStore::new());
+//! accounts.execute("42", AccountCommand::Open { owner: "Ada".into() }).await?;
+//! let done = accounts.execute("42", AccountCommand::Deposit { amount: 500 }).await?;
+//! assert_eq!((done.state.balance, done.version), (500, 2));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+
+pub mod account;
