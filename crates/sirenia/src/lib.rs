@@ -10,7 +10,7 @@
 //!
 //! | feature   | what it adds |
 //! |-----------|--------------|
-//! | `testkit` | [`testkit`]: the store conformance suite and given/when/then fixtures |
+//! | `testkit` | `sirenia::testkit`: the store conformance suite and given/when/then fixtures |
 //!
 //! ```
 //! use serde::{Deserialize, Serialize};
