@@ -184,7 +184,20 @@ pub enum StoreError {
         /// What happened first.
         reason: String,
     },
-    /// Stored data could not be understood (corruption, or a format from a newer version).
+    /// The store is already open for writing elsewhere (another process or handle holds its
+    /// lock).
+    #[error("the store is already in use: {message}")]
+    InUse {
+        /// What holds it.
+        message: String,
+    },
+    /// The stored data was written by a newer version of Sirenia, or is not a Sirenia store.
+    #[error("incompatible store: {message}")]
+    Incompatible {
+        /// What is wrong.
+        message: String,
+    },
+    /// Stored data could not be understood (corruption).
     #[error("stored data is invalid: {message}")]
     Corrupt {
         /// What is wrong.

@@ -6,7 +6,8 @@
 //!   test runs them all with [`conformance_tests!`], which also runs the [`oracle`] property test
 //!   (random operation sequences compared with the in-memory store);
 //! - [`fixture`]: given/when/then tests for aggregates;
-//! - [`alloc`]: the counting allocator behind the bounded-memory case.
+//! - [`alloc`]: the counting allocator behind the bounded-memory case;
+//! - [`Guarded`]: a store that cleans up after itself (temporary files, throwaway schemas).
 //!
 //! A store's whole conformance test is one file:
 //!
@@ -31,9 +32,11 @@ use std::time::Duration;
 pub mod alloc;
 pub mod conformance;
 pub mod fixture;
+pub mod guard;
 pub mod oracle;
 
 pub use fixture::{AggregateFixture, AggregateVerdict};
+pub use guard::Guarded;
 
 /// The longest one conformance case may run before it fails.
 pub const CASE_TIMEOUT: Duration = Duration::from_secs(300);

@@ -1,0 +1,405 @@
+//! # sirenia-sqlite
+//!
+//! Sirenia's embedded event store: the whole [`EventStore`] port in one SQLite file (plus
+//! SQLite's `-wal` and `-shm` files and a `-lock` file), with nothing to install.
+//!
+//! - **Durable**: WAL mode with `synchronous=FULL` by default. An append that returned is on
+//!   disk; a killed process or a power cut does not lose it. [`Durability::Normal`] trades the
+//!   last commits before a power cut (not a process crash) for speed.
+//! - **Group commit**: one writer thread drains every queued append into one transaction with
+//!   one sync, checks each caller's expectation and idempotency on its own (one caller's conflict
+//!   fails only that caller), then answers each. Concurrent appenders share syncs.
+//! - **Readers** use their own connections and never block the writer; subscriptions are woken
+//!   by the writer in-process, and a [read-only](SqliteStore::open_read_only) handle in another
+//!   process polls.
+//! - **One writer per file**: a second writer, in this or another process, gets
+//!   [`StoreError::InUse`].
+//! - **Fail-stop**: after a failed write or sync the store refuses writes until it is reopened;
+//!   it never acknowledges an append it could not sync.
+//! - **Versioned schema**: forward-only migrations on open; a file from a newer Sirenia, or a
+//!   SQLite file that is not a Sirenia store, is [`StoreError::Incompatible`].
+//!
+//! ```
+//! use sirenia_core::{EventStore, ExpectedVersion, NewEvent, ReadStream, StreamId, StreamWrite};
+//! use sirenia_sqlite::SqliteStore;
+//! use futures_util::TryStreamExt;
+//!
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! let dir = tempfile::tempdir()?;
+//! let store = SqliteStore::open(dir.path().join("events.db")).await?;
+//! let stream = StreamId::new("order-1")?;
+//! let event = NewEvent::json("OrderPlaced", &serde_json::json!({"total": 42}));
+//! store
+//!     .append(vec![StreamWrite::new(stream.clone(), ExpectedVersion::NoStream, vec![event])])
+//!     .await?;
+//! let events: Vec<_> = store.read_stream(&stream, ReadStream::forward()).try_collect().await?;
+//! assert_eq!(events[0].event_type, "OrderPlaced");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use sirenia_core::store::validate_append;
+use sirenia_core::{
+    AllPage, AppendResult, Direction, EventFilter, EventId, EventStore, Position, RecordedEvent,
+    StoreError, StreamId, StreamWrite,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+mod read;
+mod schema;
+mod writer;
+
+pub use writer::{MAX_GROUP_APPENDS, MAX_GROUP_EVENTS};
+
+/// Appends queued for the writer at most; further appenders wait (back-pressure).
+pub const WRITE_QUEUE_CAPACITY: usize = 4_096;
+/// Reader connections kept open for reuse.
+pub const MAX_IDLE_READERS: usize = 8;
+/// How long a connection waits on SQLite's file locks before failing.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How hard a commit syncs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=FULL`: every commit is synced before it is acknowledged. Survives process
+    /// crashes and power loss.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: the WAL is synced at checkpoints only. Survives process crashes;
+    /// a power loss or OS crash can lose the last commits (never corrupt the file).
+    Normal,
+}
+
+/// How to open a store.
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    /// Commit durability.
+    pub durability: Durability,
+    /// Caps the database at this many pages (`PRAGMA max_page_count`): appends that would grow
+    /// it further fail, as on a full disk, and the store then refuses writes.
+    pub max_page_count: Option<u64>,
+    /// How often a read-only handle polls for new events while a subscription waits.
+    pub poll_interval: Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            durability: Durability::Full,
+            max_page_count: None,
+            poll_interval: Duration::from_millis(50),
+        }
+    }
+}
+
+/// The embedded store. Cloning gives another handle to the same open store; the file is closed
+/// (and its lock released) when the last handle is dropped.
+#[derive(Clone)]
+pub struct SqliteStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    path: PathBuf,
+    writer: Option<mpsc::Sender<writer::WriteRequest>>,
+    writer_thread: Option<JoinHandle<()>>,
+    head: watch::Receiver<Position>,
+    readers: Mutex<Vec<Connection>>,
+    poll_interval: Duration,
+    _lock: Option<File>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Close the queue, let the writer finish its last group, then release the lock.
+        self.writer.take();
+        if let Some(thread) = self.writer_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.shared.path)
+            .field("read_only", &self.shared.writer.is_none())
+            .finish()
+    }
+}
+
+pub(crate) fn sqlite_error(e: rusqlite::Error) -> StoreError {
+    StoreError::backend("SQLite failed", e)
+}
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::backend(format!("{what} {}", path.display()), e)
+}
+
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-lock");
+    PathBuf::from(name)
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_error)?;
+    conn.pragma_update(None, "temp_store", "memory")
+        .map_err(sqlite_error)?;
+    conn.pragma_update(None, "cache_size", -16_000)
+        .map_err(sqlite_error)
+}
+
+fn open_writable(path: PathBuf, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| io_error("cannot create", parent, e))?;
+    }
+    let lock_file = lock_path(&path);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_file)
+        .map_err(|e| io_error("cannot open", &lock_file, e))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            return Err(StoreError::InUse {
+                message: format!("{} is open for writing elsewhere", path.display()),
+            });
+        }
+        Err(TryLockError::Error(e)) => return Err(io_error("cannot lock", &lock_file, e)),
+    }
+    let mut conn = Connection::open(&path).map_err(sqlite_error)?;
+    configure(&conn)?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "wal", |r| r.get(0))
+        .map_err(sqlite_error)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Backend {
+            message: format!("the file system does not support WAL mode (got {mode})"),
+            source: None,
+        });
+    }
+    let synchronous = match options.durability {
+        Durability::Full => "full",
+        Durability::Normal => "normal",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)
+        .map_err(sqlite_error)?;
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+        .map_err(sqlite_error)?;
+    schema::migrate(&mut conn)?;
+    if let Some(pages) = options.max_page_count {
+        conn.pragma_update(None, "max_page_count", read::to_i64(pages))
+            .map_err(sqlite_error)?;
+    }
+    let (head_tx, head_rx) = watch::channel(Position::START);
+    let writer = writer::Writer::new(conn, head_tx)?;
+    let (tx, rx) = mpsc::channel(WRITE_QUEUE_CAPACITY);
+    let thread = std::thread::Builder::new()
+        .name("sirenia-sqlite-writer".to_owned())
+        .spawn(move || writer.run(rx))
+        .map_err(|e| io_error("cannot start the writer for", &path, e))?;
+    Ok(SqliteStore {
+        shared: Arc::new(Shared {
+            path,
+            writer: Some(tx),
+            writer_thread: Some(thread),
+            head: head_rx,
+            readers: Mutex::new(Vec::new()),
+            poll_interval: options.poll_interval,
+            _lock: Some(lock),
+        }),
+    })
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sqlite_error)?;
+    configure(&conn)?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating it if needed) the store at `path` for reading and writing, with default
+    /// options.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path, SqliteOptions::default()).await
+    }
+
+    /// Opens the store at `path` for reading and writing with `options`.
+    pub async fn open_with(
+        path: impl AsRef<Path>,
+        options: SqliteOptions,
+    ) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        blocking(move || open_writable(path, options)).await
+    }
+
+    /// Opens an existing store read-only, beside a writer in another process. Appends fail;
+    /// subscriptions poll for new events every [`SqliteOptions::poll_interval`].
+    pub async fn open_read_only(
+        path: impl AsRef<Path>,
+        options: SqliteOptions,
+    ) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        blocking(move || {
+            if !path.exists() {
+                return Err(StoreError::Backend {
+                    message: format!("no store at {}", path.display()),
+                    source: None,
+                });
+            }
+            let conn = open_reader(&path)?;
+            if schema::check(&conn)? < schema::SCHEMA_VERSION {
+                return Err(StoreError::Incompatible {
+                    message: "the file needs a migration; open it for writing once".to_owned(),
+                });
+            }
+            let head = read::head(&conn)?;
+            let (_, head_rx) = watch::channel(head);
+            Ok(SqliteStore {
+                shared: Arc::new(Shared {
+                    path,
+                    writer: None,
+                    writer_thread: None,
+                    head: head_rx,
+                    readers: Mutex::new(vec![conn]),
+                    poll_interval: options.poll_interval,
+                    _lock: None,
+                }),
+            })
+        })
+        .await
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Runs `f` on a reader connection, on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        blocking(move || {
+            let pooled = shared.readers.lock().ok().and_then(|mut pool| pool.pop());
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => open_reader(&shared.path)?,
+            };
+            let result = f(&conn);
+            if let Ok(mut pool) = shared.readers.lock()
+                && pool.len() < MAX_IDLE_READERS
+            {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+    }
+}
+
+async fn blocking<T, F>(f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::backend("a blocking SQLite task failed", e))?
+}
+
+impl EventStore for SqliteStore {
+    async fn append(&self, writes: Vec<StreamWrite>) -> Result<AppendResult, StoreError> {
+        let events = validate_append(&writes)?;
+        let Some(queue) = &self.shared.writer else {
+            return Err(StoreError::WritesDisabled {
+                reason: "the store was opened read-only".to_owned(),
+            });
+        };
+        let (reply, answer) = oneshot::channel();
+        queue
+            .send(writer::WriteRequest {
+                writes,
+                events,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
+        let stream = stream.clone();
+        self.read(move |conn| read::stream_version(conn, &stream))
+            .await
+    }
+
+    async fn event_by_id(&self, id: EventId) -> Result<Option<RecordedEvent>, StoreError> {
+        self.read(move |conn| read::event_by_id(conn, id)).await
+    }
+
+    async fn head_position(&self) -> Result<Position, StoreError> {
+        if self.shared.writer.is_some() {
+            // The writer publishes its head after each commit.
+            return Ok(*self.shared.head.borrow());
+        }
+        self.read(read::head).await
+    }
+
+    async fn read_stream_page(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        direction: Direction,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let stream = stream.clone();
+        self.read(move |conn| read::stream_page(conn, &stream, from, direction, max))
+            .await
+    }
+
+    async fn read_all_page(
+        &self,
+        from: Position,
+        direction: Direction,
+        filter: &EventFilter,
+        max: usize,
+    ) -> Result<AllPage, StoreError> {
+        let filter = filter.clone();
+        self.read(move |conn| read::all_page(conn, from, direction, &filter, max))
+            .await
+    }
+
+    async fn wait_for_events(&self, from: Position) -> Result<(), StoreError> {
+        if self.shared.writer.is_some() {
+            let mut head = self.shared.head.clone();
+            return head
+                .wait_for(|h| *h >= from)
+                .await
+                .map(|_| ())
+                .map_err(|_| StoreError::Closed);
+        }
+        loop {
+            if self.read(read::head).await? >= from {
+                return Ok(());
+            }
+            tokio::time::sleep(self.shared.poll_interval).await;
+        }
+    }
+}

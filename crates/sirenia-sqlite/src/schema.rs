@@ -1,0 +1,84 @@
+//! The file format: forward-only migrations, identified by SQLite's `application_id` and
+//! numbered by `user_version`.
+
+use rusqlite::{Connection, TransactionBehavior};
+use sirenia_core::StoreError;
+
+use crate::sqlite_error;
+
+/// `application_id` of a Sirenia file ("SIRE").
+pub(crate) const APPLICATION_ID: i32 = 0x5349_5245;
+
+/// Each entry moves the schema one version forward; the index + 1 is the version it makes.
+/// Never edit an entry once released: add a new one.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // 1: the event log. `position` is the rowid: dense, assigned by the single writer in
+    // commit order. Categories are derived from `stream_id` when filtering.
+    "CREATE TABLE events (
+        position       INTEGER PRIMARY KEY,
+        stream_id      TEXT    NOT NULL,
+        revision       INTEGER NOT NULL,
+        event_id       BLOB    NOT NULL,
+        event_type     TEXT    NOT NULL,
+        schema_version INTEGER NOT NULL,
+        content_type   TEXT    NOT NULL,
+        data           BLOB    NOT NULL,
+        metadata       BLOB,
+        recorded_at    INTEGER NOT NULL
+     ) STRICT;
+     CREATE UNIQUE INDEX events_stream_revision ON events (stream_id, revision);
+     CREATE UNIQUE INDEX events_event_id ON events (event_id);",
+];
+
+/// The schema version this build writes.
+pub(crate) const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+/// Checks that `conn` is a Sirenia file this build understands (or an empty file) and brings it
+/// to [`SCHEMA_VERSION`] in one transaction.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let found = check(conn)?;
+    if found == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sqlite_error)?;
+    for migration in &MIGRATIONS[found..] {
+        tx.execute_batch(migration).map_err(sqlite_error)?;
+    }
+    tx.pragma_update(None, "application_id", APPLICATION_ID)
+        .map_err(sqlite_error)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION as i64)
+        .map_err(sqlite_error)?;
+    tx.commit().map_err(sqlite_error)
+}
+
+/// The schema version of the file, after checking it is a Sirenia file this build can use.
+pub(crate) fn check(conn: &Connection) -> Result<usize, StoreError> {
+    let application_id: i32 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(sqlite_error)?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(sqlite_error)?;
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(sqlite_error)?;
+    if application_id != APPLICATION_ID && (application_id != 0 || tables != 0) {
+        return Err(StoreError::Incompatible {
+            message: "the file is a SQLite database but not a Sirenia store".to_owned(),
+        });
+    }
+    let version = usize::try_from(version).map_err(|_| StoreError::Corrupt {
+        message: format!("negative schema version {version}"),
+    })?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Incompatible {
+            message: format!(
+                "the file has schema version {version}, written by a newer Sirenia; this build \
+                 reads up to version {SCHEMA_VERSION}"
+            ),
+        });
+    }
+    Ok(version)
+}

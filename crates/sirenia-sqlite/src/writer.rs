@@ -1,0 +1,345 @@
+//! The single writer: group commit.
+//!
+//! One thread owns the write connection. It takes every append queued at the moment, runs them
+//! in one transaction — each in its own savepoint, so one caller's conflict fails only that
+//! caller — commits once (one sync), and only then answers each caller. Any SQLite error other
+//! than a caller's own rejection disables writes until the store is reopened: nothing is
+//! acknowledged that was not committed and synced.
+
+use rusqlite::{Connection, ErrorCode, params};
+use sirenia_core::store::{WriteDisposition, classify_write};
+use sirenia_core::{
+    AppendResult, Position, RecordedEvent, StoreError, StreamAppended, StreamId, StreamWrite,
+    Timestamp,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::read::{SELECT_EVENT, decode_row, to_i64};
+use crate::sqlite_error;
+
+/// Most appends committed together.
+pub const MAX_GROUP_APPENDS: usize = 1_024;
+/// Most events committed together (a single larger append still commits alone).
+pub const MAX_GROUP_EVENTS: usize = 50_000;
+
+/// One queued append and where its answer goes.
+pub(crate) struct WriteRequest {
+    pub(crate) writes: Vec<StreamWrite>,
+    pub(crate) events: usize,
+    pub(crate) reply: oneshot::Sender<Result<AppendResult, StoreError>>,
+}
+
+enum ApplyError {
+    /// The caller's request is refused; the rest of the group goes on.
+    Rejected(StoreError),
+    /// An event id is already stored: decide again, looking every id up first.
+    DuplicateId,
+    /// SQLite failed: the whole group fails and writes are disabled.
+    Sqlite(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for ApplyError {
+    fn from(e: rusqlite::Error) -> Self {
+        ApplyError::Sqlite(e)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Rely on the unique index to notice reused ids (no lookups).
+    Fast,
+    /// Look every id up first, as the port's idempotency rules are written.
+    Careful,
+}
+
+pub(crate) struct Writer {
+    conn: Connection,
+    head: u64,
+    clock: Timestamp,
+    disabled: Option<String>,
+    head_tx: watch::Sender<Position>,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        conn: Connection,
+        head_tx: watch::Sender<Position>,
+    ) -> Result<Self, StoreError> {
+        let head: i64 = conn
+            .query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| {
+                r.get(0)
+            })
+            .map_err(sqlite_error)?;
+        let clock: i64 = conn
+            .query_row(
+                "SELECT coalesce(max(recorded_at), 0) FROM events",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sqlite_error)?;
+        let head = u64::try_from(head).map_err(|_| corrupt("negative position"))?;
+        head_tx.send_replace(Position(head));
+        Ok(Writer {
+            conn,
+            head,
+            clock: Timestamp::from_micros(u64::try_from(clock).unwrap_or(0)),
+            disabled: None,
+            head_tx,
+        })
+    }
+
+    /// Serves `requests` until every sender is gone.
+    pub(crate) fn run(mut self, mut requests: mpsc::Receiver<WriteRequest>) {
+        let mut group: Vec<WriteRequest> = Vec::with_capacity(MAX_GROUP_APPENDS);
+        let mut carry: Option<WriteRequest> = None;
+        loop {
+            let first = match carry.take() {
+                Some(r) => r,
+                None => match requests.blocking_recv() {
+                    Some(r) => r,
+                    None => return,
+                },
+            };
+            let mut events = first.events;
+            group.push(first);
+            while group.len() < MAX_GROUP_APPENDS {
+                match requests.try_recv() {
+                    Ok(r) if events + r.events > MAX_GROUP_EVENTS => {
+                        carry = Some(r);
+                        break;
+                    }
+                    Ok(r) => {
+                        events += r.events;
+                        group.push(r);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(&mut group);
+        }
+    }
+
+    fn commit_group(&mut self, group: &mut Vec<WriteRequest>) {
+        if let Some(reason) = &self.disabled {
+            for request in group.drain(..) {
+                let _ = request.reply.send(Err(StoreError::WritesDisabled {
+                    reason: reason.clone(),
+                }));
+            }
+            return;
+        }
+        let now = Timestamp::now().max(self.clock);
+        let start_head = self.head;
+        let mut results = Vec::with_capacity(group.len());
+        match self.run_group(group, now, &mut results) {
+            Ok(()) => {
+                self.clock = now;
+                if self.head != start_head {
+                    self.head_tx.send_replace(Position(self.head));
+                }
+                for (request, result) in group.drain(..).zip(results) {
+                    let _ = request.reply.send(result);
+                }
+            }
+            Err(e) => {
+                // Whatever happened, nothing of this group is acknowledged, and nothing after
+                // it is attempted: the file's state is unknown until it is reopened.
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.head = start_head;
+                let reason = format!("a write to the store file failed: {e}");
+                self.disabled = Some(reason.clone());
+                for (i, request) in group.drain(..).enumerate() {
+                    let error = if i == 0 {
+                        StoreError::backend(reason.clone(), e.to_string())
+                    } else {
+                        StoreError::Backend {
+                            message: reason.clone(),
+                            source: None,
+                        }
+                    };
+                    let _ = request.reply.send(Err(error));
+                }
+            }
+        }
+    }
+
+    fn run_group(
+        &mut self,
+        group: &[WriteRequest],
+        now: Timestamp,
+        results: &mut Vec<Result<AppendResult, StoreError>>,
+    ) -> Result<(), rusqlite::Error> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        for request in group {
+            self.conn.execute_batch("SAVEPOINT request")?;
+            let head_before = self.head;
+            let mut outcome = self.apply(&request.writes, now, Mode::Fast);
+            if matches!(outcome, Err(ApplyError::DuplicateId)) {
+                self.conn.execute_batch("ROLLBACK TO request")?;
+                self.head = head_before;
+                outcome = self.apply(&request.writes, now, Mode::Careful);
+            }
+            match outcome {
+                Ok(result) => {
+                    self.conn.execute_batch("RELEASE request")?;
+                    results.push(Ok(result));
+                }
+                Err(ApplyError::Rejected(e)) => {
+                    self.conn
+                        .execute_batch("ROLLBACK TO request; RELEASE request")?;
+                    self.head = head_before;
+                    results.push(Err(e));
+                }
+                Err(ApplyError::DuplicateId) => {
+                    // Careful mode looks every id up before inserting; a duplicate here means
+                    // the index and the lookups disagree.
+                    return Err(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                        Some("event id index disagrees with its lookup".to_owned()),
+                    ));
+                }
+                Err(ApplyError::Sqlite(e)) => return Err(e),
+            }
+        }
+        self.conn.execute_batch("COMMIT")
+    }
+
+    fn apply(
+        &mut self,
+        writes: &[StreamWrite],
+        now: Timestamp,
+        mode: Mode,
+    ) -> Result<AppendResult, ApplyError> {
+        let mut streams = Vec::with_capacity(writes.len());
+        for write in writes {
+            if mode == Mode::Careful
+                && let WriteDisposition::Repeat(original) = self.classify(write)?
+            {
+                streams.push(original);
+                continue;
+            }
+            let current = self.version(&write.stream)?;
+            if !write.expected.is_satisfied_by(current) {
+                // A retry of an append that succeeded finds the stream moved on: that is a
+                // repeat, not a conflict. Decide it as the port says: ids first.
+                if mode == Mode::Fast
+                    && !write.events.is_empty()
+                    && let WriteDisposition::Repeat(original) = self.classify(write)?
+                {
+                    streams.push(original);
+                    continue;
+                }
+                return Err(ApplyError::Rejected(StoreError::Conflict {
+                    stream: write.stream.clone(),
+                    expected: write.expected,
+                    actual: current,
+                }));
+            }
+            streams.push(self.insert(write, current.unwrap_or(0), now)?);
+        }
+        Ok(AppendResult { streams })
+    }
+
+    fn classify(&self, write: &StreamWrite) -> Result<WriteDisposition, ApplyError> {
+        let mut found = Vec::with_capacity(write.events.len());
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached(&format!("{SELECT_EVENT} WHERE event_id = ?1"))?;
+            for event in &write.events {
+                let mut rows = stmt.query([event.id.as_uuid().as_bytes().as_slice()])?;
+                let stored = match rows.next()? {
+                    Some(row) => Some(decode_row(row, &mut None).map_err(ApplyError::Rejected)?),
+                    None => None,
+                };
+                found.push(stored);
+            }
+        }
+        let refs: Vec<Option<&RecordedEvent>> = found.iter().map(Option::as_ref).collect();
+        classify_write(write, &refs).map_err(ApplyError::Rejected)
+    }
+
+    fn version(&self, stream: &StreamId) -> Result<Option<u64>, ApplyError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT revision FROM events WHERE stream_id = ?1 ORDER BY revision DESC LIMIT 1",
+        )?;
+        let mut rows = stmt.query([stream.as_str()])?;
+        match rows.next()? {
+            Some(row) => {
+                let revision: i64 = row.get(0)?;
+                let revision = u64::try_from(revision)
+                    .map_err(|_| ApplyError::Rejected(corrupt("negative revision")))?;
+                Ok(Some(revision + 1))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn insert(
+        &mut self,
+        write: &StreamWrite,
+        first_revision: u64,
+        now: Timestamp,
+    ) -> Result<StreamAppended, ApplyError> {
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO events (position, stream_id, revision, event_id, event_type, \
+             schema_version, content_type, data, metadata, recorded_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        let first_position = self.head + 1;
+        let recorded_at = to_i64(now.as_micros());
+        for (i, event) in write.events.iter().enumerate() {
+            let position = self.head + 1;
+            let metadata = if event.metadata.is_empty() {
+                None
+            } else {
+                // Validated before it was queued; encoding a map of JSON values cannot fail.
+                Some(event.metadata.to_json().map_err(|e| {
+                    ApplyError::Rejected(StoreError::InvalidAppend(
+                        sirenia_core::InvalidAppend::BadMetadata(e.to_string()),
+                    ))
+                })?)
+            };
+            let inserted = stmt.execute(params![
+                to_i64(position),
+                write.stream.as_str(),
+                to_i64(first_revision + i as u64),
+                event.id.as_uuid().as_bytes().as_slice(),
+                event.event_type,
+                event.schema_version,
+                event.content_type,
+                event.data.as_ref(),
+                metadata,
+                recorded_at,
+            ]);
+            match inserted {
+                Ok(_) => self.head = position,
+                Err(e) if is_duplicate_event_id(&e) => return Err(ApplyError::DuplicateId),
+                Err(e) => return Err(ApplyError::Sqlite(e)),
+            }
+        }
+        let count = write.events.len() as u64;
+        Ok(StreamAppended {
+            stream: write.stream.clone(),
+            first_revision,
+            version: first_revision + count,
+            first_position: (count > 0).then_some(Position(first_position)),
+            last_position: (count > 0).then_some(Position(self.head)),
+        })
+    }
+}
+
+fn is_duplicate_event_id(e: &rusqlite::Error) -> bool {
+    match e {
+        rusqlite::Error::SqliteFailure(err, Some(message)) => {
+            err.code == ErrorCode::ConstraintViolation && message.contains("event_id")
+        }
+        _ => false,
+    }
+}
+
+fn corrupt(message: &str) -> StoreError {
+    StoreError::Corrupt {
+        message: message.to_owned(),
+    }
+}
