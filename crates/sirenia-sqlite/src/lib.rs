@@ -113,7 +113,19 @@ struct Shared {
     head: watch::Receiver<Position>,
     readers: Mutex<Vec<Connection>>,
     poll_interval: Duration,
+    counters: Arc<writer::Counters>,
     _lock: Option<File>,
+}
+
+/// What the writer has committed since the store was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Transactions committed (each one sync).
+    pub commits: u64,
+    /// Appends acknowledged.
+    pub appends: u64,
+    /// Events written.
+    pub events: u64,
 }
 
 impl Drop for Shared {
@@ -202,7 +214,8 @@ fn open_writable(path: PathBuf, options: SqliteOptions) -> Result<SqliteStore, S
             .map_err(sqlite_error)?;
     }
     let (head_tx, head_rx) = watch::channel(Position::START);
-    let writer = writer::Writer::new(conn, head_tx)?;
+    let counters = Arc::new(writer::Counters::default());
+    let writer = writer::Writer::new(conn, head_tx, counters.clone())?;
     let (tx, rx) = mpsc::channel(WRITE_QUEUE_CAPACITY);
     let thread = std::thread::Builder::new()
         .name("sirenia-sqlite-writer".to_owned())
@@ -216,6 +229,7 @@ fn open_writable(path: PathBuf, options: SqliteOptions) -> Result<SqliteStore, S
             head: head_rx,
             readers: Mutex::new(Vec::new()),
             poll_interval: options.poll_interval,
+            counters,
             _lock: Some(lock),
         }),
     })
@@ -277,6 +291,7 @@ impl SqliteStore {
                     head: head_rx,
                     readers: Mutex::new(vec![conn]),
                     poll_interval: options.poll_interval,
+                    counters: Arc::default(),
                     _lock: None,
                 }),
             })
@@ -287,6 +302,17 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// What the writer has committed since the store was opened. With group commit, `commits`
+    /// stays below `appends` under concurrent appenders: they share transactions and syncs.
+    pub fn stats(&self) -> WriterStats {
+        let c = &self.shared.counters;
+        WriterStats {
+            commits: c.commits.load(std::sync::atomic::Ordering::Relaxed),
+            appends: c.appends.load(std::sync::atomic::Ordering::Relaxed),
+            events: c.events.load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     /// Runs `f` on a reader connection, on the blocking pool.

@@ -6,6 +6,9 @@
 //! than a caller's own rejection disables writes until the store is reopened: nothing is
 //! acknowledged that was not committed and synced.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use rusqlite::{Connection, ErrorCode, params};
 use sirenia_core::store::{WriteDisposition, classify_write};
 use sirenia_core::{
@@ -52,8 +55,17 @@ enum Mode {
     Careful,
 }
 
+/// Counters of what the writer committed.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) commits: AtomicU64,
+    pub(crate) appends: AtomicU64,
+    pub(crate) events: AtomicU64,
+}
+
 pub(crate) struct Writer {
     conn: Connection,
+    counters: Arc<Counters>,
     head: u64,
     clock: Timestamp,
     disabled: Option<String>,
@@ -64,6 +76,7 @@ impl Writer {
     pub(crate) fn new(
         conn: Connection,
         head_tx: watch::Sender<Position>,
+        counters: Arc<Counters>,
     ) -> Result<Self, StoreError> {
         let head: i64 = conn
             .query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| {
@@ -81,6 +94,7 @@ impl Writer {
         head_tx.send_replace(Position(head));
         Ok(Writer {
             conn,
+            counters,
             head,
             clock: Timestamp::from_micros(u64::try_from(clock).unwrap_or(0)),
             disabled: None,
@@ -134,6 +148,12 @@ impl Writer {
         match self.run_group(group, now, &mut results) {
             Ok(()) => {
                 self.clock = now;
+                let appended = results.iter().filter(|r| r.is_ok()).count() as u64;
+                self.counters.commits.fetch_add(1, Ordering::Relaxed);
+                self.counters.appends.fetch_add(appended, Ordering::Relaxed);
+                self.counters
+                    .events
+                    .fetch_add(self.head - start_head, Ordering::Relaxed);
                 if self.head != start_head {
                     self.head_tx.send_replace(Position(self.head));
                 }
