@@ -1,5 +1,7 @@
 //! The embedded store against the whole conformance suite and the oracle property test.
 
+#![allow(clippy::expect_used)]
+
 use sirenia_sqlite::SqliteStore;
 use sirenia_testkit::Guarded;
 use tempfile::TempDir;
