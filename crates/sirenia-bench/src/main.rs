@@ -1,1 +1,72 @@
-fn main() {}
+//! Sirenia's benchmarks: each scenario runs Sirenia and a raw baseline doing the same work on
+//! the same machine in the same run, and reports the ratio.
+//!
+//! ```text
+//! cargo run --release -p sirenia-bench -- [--quick] [--only NAME]
+//! ```
+//!
+//! `--quick` runs small counts for a smoke test (timings are not judged); the default is the full
+//! run. `--only` keeps the scenarios whose name contains NAME. The result is one markdown table on
+//! standard output.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod report;
+mod sqlite;
+
+use std::time::Duration;
+
+/// How long and how large each scenario runs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Scale {
+    /// How long a timed write scenario runs.
+    pub(crate) duration: Duration,
+    /// How many events the read scenarios read.
+    pub(crate) read_events: u64,
+}
+
+fn main() {
+    let mut quick = false;
+    let mut only: Option<String> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--only" => only = args.next(),
+            "--help" | "-h" => {
+                println!("usage: sirenia-bench [--quick] [--only NAME]");
+                return;
+            }
+            other => {
+                eprintln!("unknown argument {other:?}; try --help");
+                std::process::exit(2);
+            }
+        }
+    }
+    let scale = if quick {
+        Scale {
+            duration: Duration::from_millis(500),
+            read_events: 50_000,
+        }
+    } else {
+        Scale {
+            duration: Duration::from_secs(5),
+            read_events: 1_000_000,
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| {
+            eprintln!("cannot start a runtime: {e}");
+            std::process::exit(1)
+        });
+    let mut rows = Vec::new();
+    let keep = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
+    if let Err(e) = runtime.block_on(sqlite::run(scale, &keep, &mut rows)) {
+        eprintln!("benchmark failed: {e}");
+        std::process::exit(1);
+    }
+    report::print(&rows, quick);
+}

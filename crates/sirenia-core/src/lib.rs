@@ -91,6 +91,7 @@ pub mod event;
 pub mod id;
 pub mod limits;
 pub mod memory;
+mod paging;
 pub mod store;
 
 pub use aggregate::{Aggregate, CommandContext, Executed, Loaded, Repository};

@@ -24,6 +24,9 @@ pub const MAX_APPEND_BYTES: usize = 32 * 1024 * 1024;
 pub const DEFAULT_PAGE_SIZE: usize = 512;
 /// Most events one page read may return.
 pub const MAX_PAGE_SIZE: usize = 10_000;
+/// Page fetches a read keeps in flight or buffered ahead of its consumer (memory stays bounded
+/// by this many pages plus the one being consumed).
+pub const READ_AHEAD_PAGES: usize = 2;
 /// Most events one filtered page of the global log examines before it returns (possibly empty),
 /// so that a selective filter never holds a store's lock or a query for long.
 pub const MAX_SCAN_PER_PAGE: usize = 65_536;

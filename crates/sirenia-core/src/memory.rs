@@ -182,6 +182,10 @@ impl EventStore for InMemoryStore {
         Ok(Position(self.lock()?.log.len() as u64))
     }
 
+    fn dense_positions(&self) -> bool {
+        true
+    }
+
     async fn read_stream_page(
         &self,
         stream: &StreamId,

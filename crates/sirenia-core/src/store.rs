@@ -408,6 +408,14 @@ pub trait EventStore: Clone + Send + Sync + 'static {
         from: Position,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Whether every position from 1 to the head holds an event (no holes). Such a store lets
+    /// unfiltered reads of the global log fetch pages ahead concurrently, since a full page
+    /// from `p` of `n` events is followed by one at `p + n`. A wrong answer costs only wasted
+    /// fetches: reads check every page starts where the previous one ended.
+    fn dense_positions(&self) -> bool {
+        false
+    }
+
     /// The events of `stream`, paged, with memory bounded by one page.
     fn read_stream(&self, stream: &StreamId, options: ReadStream) -> EventStream {
         read_stream_paged(self.clone(), stream.clone(), options)
@@ -437,20 +445,8 @@ fn check_page_size(page_size: usize) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// How many events to ask for next: a page, capped by what the limit leaves.
-fn next_request(page_size: usize, remaining: Option<u64>) -> usize {
-    match remaining {
-        Some(r) => usize::try_from(r).map_or(page_size, |r| r.min(page_size)),
-        None => page_size,
-    }
-}
-
-struct Paging<S, C> {
-    store: S,
-    cursor: C,
-    remaining: Option<u64>,
-    buffer: VecDeque<RecordedEvent>,
-    done: bool,
+fn failed_read(error: StoreError) -> EventStream {
+    Box::pin(futures_util::stream::once(async move { Err(error) }))
 }
 
 fn read_stream_paged<S: EventStore>(
@@ -458,115 +454,38 @@ fn read_stream_paged<S: EventStore>(
     stream: StreamId,
     options: ReadStream,
 ) -> EventStream {
-    let state = Paging {
-        store,
-        cursor: options.from,
-        remaining: options.limit,
-        buffer: VecDeque::new(),
-        done: false,
+    if let Err(e) = check_page_size(options.page_size) {
+        return failed_read(e);
+    }
+    let source = crate::paging::StreamSource {
+        store: std::sync::Arc::new(store),
+        stream,
+        direction: options.direction,
     };
-    let direction = options.direction;
-    let page_size = options.page_size;
-    Box::pin(futures_util::stream::unfold(state, move |mut st| {
-        let stream = stream.clone();
-        async move {
-            loop {
-                if st.remaining == Some(0) {
-                    return None;
-                }
-                if let Some(event) = st.buffer.pop_front() {
-                    st.remaining = st.remaining.map(|r| r - 1);
-                    return Some((Ok(event), st));
-                }
-                if st.done {
-                    return None;
-                }
-                if let Err(e) = check_page_size(page_size) {
-                    st.done = true;
-                    return Some((Err(e), st));
-                }
-                let want = next_request(page_size, st.remaining);
-                match st
-                    .store
-                    .read_stream_page(&stream, st.cursor, direction, want)
-                    .await
-                {
-                    Err(e) => {
-                        st.done = true;
-                        return Some((Err(e), st));
-                    }
-                    Ok(page) => {
-                        match (direction, page.last()) {
-                            (_, None) => st.done = true,
-                            (Direction::Forward, Some(last)) => st.cursor = last.revision + 1,
-                            (Direction::Backward, Some(last)) => match last.revision.checked_sub(1)
-                            {
-                                Some(c) => st.cursor = c,
-                                None => st.done = true,
-                            },
-                        }
-                        if page.len() < want {
-                            st.done = true;
-                        }
-                        st.buffer.extend(page);
-                    }
-                }
-            }
-        }
-    }))
+    Box::pin(crate::paging::Paged::new(
+        source,
+        options.from,
+        options.page_size,
+        options.limit,
+    ))
 }
 
 fn read_all_paged<S: EventStore>(store: S, options: ReadAll) -> EventStream {
-    let state = Paging {
-        store,
-        cursor: options.from,
-        remaining: options.limit,
-        buffer: VecDeque::new(),
-        done: false,
+    if let Err(e) = check_page_size(options.page_size) {
+        return failed_read(e);
+    }
+    let source = crate::paging::AllSource {
+        dense: store.dense_positions() && options.filter.is_all(),
+        store: std::sync::Arc::new(store),
+        direction: options.direction,
+        filter: std::sync::Arc::new(options.filter),
     };
-    let ReadAll {
-        direction,
-        filter,
-        page_size,
-        ..
-    } = options;
-    Box::pin(futures_util::stream::unfold(state, move |mut st| {
-        let filter = filter.clone();
-        async move {
-            loop {
-                if st.remaining == Some(0) {
-                    return None;
-                }
-                if let Some(event) = st.buffer.pop_front() {
-                    st.remaining = st.remaining.map(|r| r - 1);
-                    return Some((Ok(event), st));
-                }
-                if st.done {
-                    return None;
-                }
-                if let Err(e) = check_page_size(page_size) {
-                    st.done = true;
-                    return Some((Err(e), st));
-                }
-                let want = next_request(page_size, st.remaining);
-                match st
-                    .store
-                    .read_all_page(st.cursor, direction, &filter, want)
-                    .await
-                {
-                    Err(e) => {
-                        st.done = true;
-                        return Some((Err(e), st));
-                    }
-                    Ok(page) => {
-                        st.cursor = page.next;
-                        st.done = page.at_end;
-                        st.buffer.extend(page.events);
-                    }
-                }
-            }
-        }
-    }))
+    Box::pin(crate::paging::Paged::new(
+        source,
+        options.from,
+        options.page_size,
+        options.limit,
+    ))
 }
 
 struct SubState<S> {

@@ -111,7 +111,7 @@ struct Shared {
     writer: Option<mpsc::Sender<writer::WriteRequest>>,
     writer_thread: Option<JoinHandle<()>>,
     head: watch::Receiver<Position>,
-    readers: Mutex<Vec<Connection>>,
+    readers: Arc<ReaderPool>,
     poll_interval: Duration,
     counters: Arc<writer::Counters>,
     _lock: Option<File>,
@@ -161,11 +161,17 @@ fn lock_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn configure(conn: &Connection) -> Result<(), StoreError> {
+/// Page cache of the writer's connection, in KiB.
+const WRITER_CACHE_KIB: i64 = 16 * 1024;
+/// Page cache of each reader connection, in KiB.
+const READER_CACHE_KIB: i64 = 4 * 1024;
+
+fn configure(conn: &Connection, cache_kib: i64) -> Result<(), StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_error)?;
     conn.pragma_update(None, "temp_store", "memory")
         .map_err(sqlite_error)?;
-    conn.pragma_update(None, "cache_size", -16_000)
+    // A negative cache size is in KiB.
+    conn.pragma_update(None, "cache_size", -cache_kib)
         .map_err(sqlite_error)
 }
 
@@ -190,7 +196,7 @@ fn open_writable(path: PathBuf, options: SqliteOptions) -> Result<SqliteStore, S
         Err(TryLockError::Error(e)) => return Err(io_error("cannot lock", &lock_file, e)),
     }
     let mut conn = Connection::open(&path).map_err(sqlite_error)?;
-    configure(&conn)?;
+    configure(&conn, WRITER_CACHE_KIB)?;
     let mode: String = conn
         .pragma_update_and_check(None, "journal_mode", "wal", |r| r.get(0))
         .map_err(sqlite_error)?;
@@ -221,13 +227,14 @@ fn open_writable(path: PathBuf, options: SqliteOptions) -> Result<SqliteStore, S
         .name("sirenia-sqlite-writer".to_owned())
         .spawn(move || writer.run(rx))
         .map_err(|e| io_error("cannot start the writer for", &path, e))?;
+    let reader_path = path.clone();
     Ok(SqliteStore {
         shared: Arc::new(Shared {
             path,
             writer: Some(tx),
             writer_thread: Some(thread),
             head: head_rx,
-            readers: Mutex::new(Vec::new()),
+            readers: Arc::new(ReaderPool::new(reader_path, Vec::new())),
             poll_interval: options.poll_interval,
             counters,
             _lock: Some(lock),
@@ -241,7 +248,7 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(sqlite_error)?;
-    configure(&conn)?;
+    configure(&conn, READER_CACHE_KIB)?;
     Ok(conn)
 }
 
@@ -283,13 +290,14 @@ impl SqliteStore {
             }
             let head = read::head(&conn)?;
             let (_, head_rx) = watch::channel(head);
+            let reader_path = path.clone();
             Ok(SqliteStore {
                 shared: Arc::new(Shared {
                     path,
                     writer: None,
                     writer_thread: None,
                     head: head_rx,
-                    readers: Mutex::new(vec![conn]),
+                    readers: Arc::new(ReaderPool::new(reader_path, vec![conn])),
                     poll_interval: options.poll_interval,
                     counters: Arc::default(),
                     _lock: None,
@@ -315,28 +323,52 @@ impl SqliteStore {
         }
     }
 
-    /// Runs `f` on a reader connection, on the blocking pool.
+    /// Runs `f` on a reader connection, on the blocking pool. The task holds only the reader
+    /// pool, never the writer or the file lock: dropping the last handle closes the store at
+    /// once even while reads it started are finishing.
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let shared = self.shared.clone();
+        let pool = self.shared.readers.clone();
         blocking(move || {
-            let pooled = shared.readers.lock().ok().and_then(|mut pool| pool.pop());
-            let conn = match pooled {
-                Some(conn) => conn,
-                None => open_reader(&shared.path)?,
-            };
+            let conn = pool.take()?;
             let result = f(&conn);
-            if let Ok(mut pool) = shared.readers.lock()
-                && pool.len() < MAX_IDLE_READERS
-            {
-                pool.push(conn);
-            }
+            pool.give_back(conn);
             result
         })
         .await
+    }
+}
+
+/// Reader connections, opened on demand and kept for reuse.
+struct ReaderPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReaderPool {
+    fn new(path: PathBuf, idle: Vec<Connection>) -> Self {
+        ReaderPool {
+            path,
+            idle: Mutex::new(idle),
+        }
+    }
+
+    fn take(&self) -> Result<Connection, StoreError> {
+        match self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
+            Some(conn) => Ok(conn),
+            None => open_reader(&self.path),
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE_READERS
+        {
+            idle.push(conn);
+        }
     }
 }
 
@@ -386,6 +418,11 @@ impl EventStore for SqliteStore {
             return Ok(*self.shared.head.borrow());
         }
         self.read(read::head).await
+    }
+
+    fn dense_positions(&self) -> bool {
+        // One writer assigns every position in commit order, and rows are never deleted.
+        true
     }
 
     async fn read_stream_page(

@@ -288,6 +288,9 @@ fn sigkill_loops() {
     for l in 0..loops {
         let mut child = spawn(APPENDER, dir.path(), &[(LOOP, l.to_string())]);
         std::thread::sleep(Duration::from_millis(rng.random_range(2..60)));
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("loop {l}: the appender died on its own ({status}) instead of being killed");
+        }
         child.kill().unwrap();
         child.wait().unwrap();
         acknowledged_batches += rt.block_on(verify(&path, dir.path(), u64::from(l), &mut verified));

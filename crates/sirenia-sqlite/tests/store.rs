@@ -290,3 +290,30 @@ async fn a_full_disk_disables_writes_and_loses_nothing_acknowledged() {
         .await
         .expect("appending works again after reopening");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_handle_releases_the_file_even_with_reads_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let events: Vec<NewEvent> = (0..5_000).map(event).collect();
+    store
+        .append(write("big-1", ExpectedVersion::NoStream, events))
+        .await
+        .unwrap();
+    drop(store);
+    for _ in 0..20 {
+        let store = SqliteStore::open(&path)
+            .await
+            .expect("the previous handle released the file");
+        // Start reads that fetch pages ahead, take one event, and drop everything.
+        let mut all = store.read_all(ReadAll::forward().page_size(100));
+        let mut one = store.read_stream(
+            &StreamId::new("big-1").unwrap(),
+            sirenia_core::ReadStream::forward().page_size(100),
+        );
+        all.next().await.unwrap().unwrap();
+        one.next().await.unwrap().unwrap();
+        drop((all, one, store));
+    }
+}

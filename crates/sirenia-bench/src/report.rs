@@ -1,0 +1,131 @@
+//! Measurements and the markdown table.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// One measured run of one subject (Sirenia, a baseline) in one scenario.
+#[derive(Debug)]
+pub(crate) struct Measurement {
+    pub(crate) events: u64,
+    pub(crate) elapsed: Duration,
+    /// Per-operation latency in microseconds, if measured.
+    pub(crate) latency: Option<Histogram<u64>>,
+    /// Peak resident memory during the run, in bytes (Linux only).
+    pub(crate) peak_rss: Option<u64>,
+}
+
+impl Measurement {
+    pub(crate) fn rate(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
+    }
+}
+
+/// A line of the table: a subject's measurement, compared with the scenario's baseline.
+pub(crate) struct Row {
+    pub(crate) scenario: String,
+    pub(crate) subject: String,
+    pub(crate) measurement: Measurement,
+    /// Events/s of the baseline measured in the same run, and its name.
+    pub(crate) baseline: Option<(String, f64)>,
+    /// A goal from the issues, as a ratio to the baseline or an absolute rate.
+    pub(crate) goal: Option<Goal>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Goal {
+    /// At least this times the baseline.
+    Ratio(f64),
+    /// At least this many events/s.
+    Rate(f64),
+}
+
+/// A new latency histogram (1 µs to 60 s, 3 significant digits).
+pub(crate) fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3)
+        .unwrap_or_else(|e| unreachable!("constant histogram bounds are valid: {e}"))
+}
+
+/// Resets the kernel's peak-RSS counter for this process (Linux: `/proc/self/clear_refs`).
+pub(crate) fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak RSS since the last reset (Linux: `VmHWM` of `/proc/self/status`).
+pub(crate) fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn rate(r: f64) -> String {
+    if r >= 1e6 {
+        format!("{:.2}M", r / 1e6)
+    } else if r >= 1e3 {
+        format!("{:.1}k", r / 1e3)
+    } else {
+        format!("{r:.0}")
+    }
+}
+
+fn micros(h: &Option<Histogram<u64>>, q: f64) -> String {
+    match h {
+        Some(h) if !h.is_empty() => {
+            let us = h.value_at_quantile(q);
+            if us >= 10_000 {
+                format!("{:.1} ms", us as f64 / 1000.0)
+            } else {
+                format!("{us} µs")
+            }
+        }
+        _ => "–".to_owned(),
+    }
+}
+
+pub(crate) fn print(rows: &[Row], quick: bool) {
+    if quick {
+        println!("_Quick mode: small counts, figures are not meaningful._\n");
+    }
+    println!(
+        "| scenario | subject | events/s | p50 | p99 | p99.9 | peak RSS | baseline | ratio | goal |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---|---:|---|");
+    for row in rows {
+        let m = &row.measurement;
+        let (baseline, ratio) = match &row.baseline {
+            Some((name, base)) => (
+                format!("{name} ({}/s)", rate(*base)),
+                format!("{:.2}×", m.rate() / base),
+            ),
+            None => ("–".to_owned(), "–".to_owned()),
+        };
+        let goal = match (row.goal, &row.baseline) {
+            (Some(Goal::Ratio(g)), Some((_, base))) => {
+                let met = m.rate() / base >= g;
+                format!("≥ {g}× {}", if met { "met" } else { "MISSED" })
+            }
+            (Some(Goal::Rate(g)), _) => {
+                let met = m.rate() >= g;
+                format!("≥ {}/s {}", rate(g), if met { "met" } else { "MISSED" })
+            }
+            _ => String::new(),
+        };
+        let rss = m
+            .peak_rss
+            .map_or("–".to_owned(), |b| format!("{} MiB", b / (1024 * 1024)));
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            row.scenario,
+            row.subject,
+            rate(m.rate()),
+            micros(&m.latency, 0.5),
+            micros(&m.latency, 0.99),
+            micros(&m.latency, 0.999),
+            rss,
+            baseline,
+            ratio,
+            goal
+        );
+    }
+}
