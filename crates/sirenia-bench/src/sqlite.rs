@@ -224,6 +224,15 @@ async fn sirenia_read(store: &SqliteStore, stream: Option<&StreamId>) -> BenchRe
     })
 }
 
+/// Appends per commit so far: how well group commit shared syncs.
+fn per_commit(store: &SqliteStore) -> String {
+    let stats = store.stats();
+    format!(
+        "{:.1} appends/sync",
+        stats.appends as f64 / stats.commits.max(1) as f64
+    )
+}
+
 fn row(
     scenario: &str,
     subject: &str,
@@ -272,7 +281,7 @@ pub(crate) async fn run(
             let goal = (writers == 8).then_some(Goal::Ratio(3.0));
             rows.push(row(
                 "S1 sqlite single-event appends",
-                &format!("sirenia, {writers} writer(s)"),
+                &format!("sirenia, {writers} writer(s), {}", per_commit(&store)),
                 m,
                 Some(("plain SQLite", raw_rate)),
                 goal,
@@ -294,16 +303,22 @@ pub(crate) async fn run(
                 None,
                 None,
             ));
-            let store = SqliteStore::open(fresh("s2")).await?;
-            let m = sirenia_writes(&store, 1, usize::try_from(batch)?, scale.duration).await?;
-            let goal = (batch == 100).then_some(Goal::Rate(200_000.0));
-            rows.push(row(
-                "S2 sqlite batch appends",
-                &format!("sirenia, {batch} events/append"),
-                m,
-                Some(("plain SQLite", raw_rate)),
-                goal,
-            ));
+            for writers in [1usize, 4] {
+                let store = SqliteStore::open(fresh("s2")).await?;
+                let m = sirenia_writes(&store, writers, usize::try_from(batch)?, scale.duration)
+                    .await?;
+                let goal = (batch == 100).then_some(Goal::Rate(200_000.0));
+                rows.push(row(
+                    "S2 sqlite batch appends",
+                    &format!(
+                        "sirenia, {batch} events/append, {writers} writer(s), {}",
+                        per_commit(&store)
+                    ),
+                    m,
+                    Some(("plain SQLite", raw_rate)),
+                    goal,
+                ));
+            }
         }
     }
 
