@@ -184,6 +184,12 @@ pub enum StoreError {
         /// What happened first.
         reason: String,
     },
+    /// The options given to open or configure a store are invalid.
+    #[error("invalid store options: {message}")]
+    InvalidOptions {
+        /// What is wrong.
+        message: String,
+    },
     /// The store is already open for writing elsewhere (another process or handle holds its
     /// lock).
     #[error("the store is already in use: {message}")]

@@ -62,6 +62,8 @@ pub use writer::{MAX_GROUP_APPENDS, MAX_GROUP_EVENTS};
 pub const WRITE_QUEUE_CAPACITY: usize = 4_096;
 /// Reader connections kept open for reuse.
 pub const MAX_IDLE_READERS: usize = 8;
+/// SQLite page size of new files, in bytes.
+pub const DEFAULT_PAGE_SIZE: u32 = 4096;
 /// How long a connection waits on SQLite's file locks before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -87,6 +89,9 @@ pub struct SqliteOptions {
     pub max_page_count: Option<u64>,
     /// How often a read-only handle polls for new events while a subscription waits.
     pub poll_interval: Duration,
+    /// SQLite page size for a new file, in bytes (a power of two from 512 to 65536). An
+    /// existing file keeps the page size it was created with.
+    pub page_size: u32,
 }
 
 impl Default for SqliteOptions {
@@ -95,6 +100,7 @@ impl Default for SqliteOptions {
             durability: Durability::Full,
             max_page_count: None,
             poll_interval: Duration::from_millis(50),
+            page_size: DEFAULT_PAGE_SIZE,
         }
     }
 }
@@ -197,6 +203,17 @@ fn open_writable(path: PathBuf, options: SqliteOptions) -> Result<SqliteStore, S
     }
     let mut conn = Connection::open(&path).map_err(sqlite_error)?;
     configure(&conn, WRITER_CACHE_KIB)?;
+    if !(512..=65_536).contains(&options.page_size) || !options.page_size.is_power_of_two() {
+        return Err(StoreError::InvalidOptions {
+            message: format!(
+                "page size {} is not a power of two from 512 to 65536",
+                options.page_size
+            ),
+        });
+    }
+    // Takes effect only while the file is still empty (before WAL mode is set).
+    conn.pragma_update(None, "page_size", options.page_size)
+        .map_err(sqlite_error)?;
     let mode: String = conn
         .pragma_update_and_check(None, "journal_mode", "wal", |r| r.get(0))
         .map_err(sqlite_error)?;

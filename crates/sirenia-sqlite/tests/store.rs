@@ -317,3 +317,33 @@ async fn dropping_the_last_handle_releases_the_file_even_with_reads_in_flight() 
         drop((all, one, store));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_size_applies_to_new_files_and_is_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let options = SqliteOptions {
+        page_size: 16_384,
+        ..SqliteOptions::default()
+    };
+    drop(SqliteStore::open_with(&path, options).await.unwrap());
+    let page_size: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(page_size, 16_384);
+    for bad in [0, 1000, 1 << 17] {
+        let options = SqliteOptions {
+            page_size: bad,
+            ..SqliteOptions::default()
+        };
+        let other = dir.path().join(format!("bad-{bad}.db"));
+        assert!(
+            matches!(
+                SqliteStore::open_with(&other, options).await,
+                Err(StoreError::InvalidOptions { .. })
+            ),
+            "page size {bad} must be refused"
+        );
+    }
+}
