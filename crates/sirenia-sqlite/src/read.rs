@@ -78,16 +78,19 @@ pub(crate) fn decode_row(
     })
 }
 
+/// Rows of `sql` as events. `expected` sizes the page up front, so events are not moved again
+/// as it grows.
 fn collect(
     conn: &Connection,
     sql: &str,
     params: &[Value],
+    expected: usize,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
     let mut stmt = conn.prepare_cached(sql).map_err(sqlite_error)?;
     let mut rows = stmt
         .query(rusqlite::params_from_iter(params.iter()))
         .map_err(sqlite_error)?;
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(expected);
     let mut last_stream = None;
     while let Some(row) = rows.next().map_err(sqlite_error)? {
         out.push(decode_row(row, &mut last_stream)?);
@@ -127,7 +130,12 @@ pub(crate) fn event_by_id(
     id: EventId,
 ) -> Result<Option<RecordedEvent>, StoreError> {
     let sql = format!("{SELECT_EVENT} WHERE event_id = ?1");
-    let events = collect(conn, &sql, &[Value::Blob(id.as_uuid().as_bytes().to_vec())])?;
+    let events = collect(
+        conn,
+        &sql,
+        &[Value::Blob(id.as_uuid().as_bytes().to_vec())],
+        1,
+    )?;
     Ok(events.into_iter().next())
 }
 
@@ -154,6 +162,7 @@ pub(crate) fn stream_page(
             Value::Integer(to_i64(from)),
             Value::Integer(to_i64(max as u64)),
         ],
+        max,
     )
 }
 
@@ -214,7 +223,7 @@ pub(crate) fn all_page(
                 "{SELECT_EVENT} WHERE position >= ?1 AND position < ?2{conditions} \
                  ORDER BY position LIMIT ?3"
             );
-            let events = collect(conn, &sql, &params)?;
+            let events = collect(conn, &sql, &params, max.min(MAX_SCAN_PER_PAGE))?;
             let next = match events.last() {
                 Some(last) if events.len() == max => last.position.get() + 1,
                 _ => window_end,
@@ -245,7 +254,7 @@ pub(crate) fn all_page(
                 "{SELECT_EVENT} WHERE position <= ?1 AND position >= ?2{conditions} \
                  ORDER BY position DESC LIMIT ?3"
             );
-            let events = collect(conn, &sql, &params)?;
+            let events = collect(conn, &sql, &params, max.min(MAX_SCAN_PER_PAGE))?;
             let next = match events.last() {
                 Some(last) if events.len() == max => last.position.get() - 1,
                 _ => window_low - 1,

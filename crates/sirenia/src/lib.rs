@@ -10,6 +10,7 @@
 //!
 //! | feature   | what it adds |
 //! |-----------|--------------|
+//! | `sqlite`  | `sirenia::sqlite` and `SqliteStore`: the embedded single-file store (the default choice) |
 //! | `testkit` | `sirenia::testkit`: the store conformance suite and given/when/then fixtures |
 //!
 //! ```
@@ -51,6 +52,12 @@
 //! ```
 
 pub use sirenia_core::*;
+
+/// The embedded single-file store.
+#[cfg(feature = "sqlite")]
+pub use sirenia_sqlite as sqlite;
+#[cfg(feature = "sqlite")]
+pub use sirenia_sqlite::SqliteStore;
 
 /// The store conformance suite and given/when/then fixtures.
 #[cfg(feature = "testkit")]
