@@ -174,6 +174,7 @@ const READER_CACHE_KIB: i64 = 4 * 1024;
 
 fn configure(conn: &Connection, cache_kib: i64) -> Result<(), StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_error)?;
+    conn.set_prepared_statement_cache_capacity(64);
     conn.pragma_update(None, "temp_store", "memory")
         .map_err(sqlite_error)?;
     // A negative cache size is in KiB.

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rusqlite::{Connection, ErrorCode, params};
+use rusqlite::{Connection, ErrorCode};
 use sirenia_core::store::{WriteDisposition, classify_write};
 use sirenia_core::{
     AppendResult, Position, RecordedEvent, StoreError, StreamAppended, StreamId, StreamWrite,
@@ -328,39 +328,47 @@ impl Writer {
         first_revision: u64,
         now: Timestamp,
     ) -> Result<StreamAppended, ApplyError> {
-        let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO events (position, stream_id, revision, event_id, event_type, \
-             schema_version, content_type, data, metadata, recorded_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )?;
         let first_position = self.head + 1;
         let recorded_at = to_i64(now.as_micros());
-        for (i, event) in write.events.iter().enumerate() {
-            let position = self.head + 1;
-            let metadata = if event.metadata.is_empty() {
-                None
+        let mut done = 0usize;
+        while done < write.events.len() {
+            // The largest power of two that fits what is left, up to INSERT_CHUNK rows.
+            let left = write.events.len() - done;
+            let rows = if left >= INSERT_CHUNK {
+                INSERT_CHUNK
             } else {
-                // Validated before it was queued; encoding a map of JSON values cannot fail.
-                Some(event.metadata.to_json().map_err(|e| {
-                    ApplyError::Rejected(StoreError::InvalidAppend(
-                        sirenia_core::InvalidAppend::BadMetadata(e.to_string()),
-                    ))
-                })?)
+                1 << (usize::BITS - 1 - left.leading_zeros())
             };
-            let inserted = stmt.execute(params![
-                to_i64(position),
-                write.stream.as_str(),
-                to_i64(first_revision + i as u64),
-                event.id.as_uuid().as_bytes().as_slice(),
-                event.event_type,
-                event.schema_version,
-                event.content_type,
-                event.data.as_ref(),
-                metadata,
-                recorded_at,
-            ]);
-            match inserted {
-                Ok(_) => self.head = position,
+            let chunk = &write.events[done..done + rows];
+            let mut stmt = self.conn.prepare_cached(insert_sql(rows))?;
+            stmt.raw_bind_parameter(1, write.stream.as_str())?;
+            stmt.raw_bind_parameter(2, recorded_at)?;
+            stmt.raw_bind_parameter(3, to_i64(self.head + 1))?;
+            stmt.raw_bind_parameter(4, to_i64(first_revision + done as u64))?;
+            for (r, event) in chunk.iter().enumerate() {
+                let base = SHARED_PARAMS + 1 + r * ROW_PARAMS;
+                let metadata = if event.metadata.is_empty() {
+                    None
+                } else {
+                    // Validated before it was queued: a map of JSON values always encodes.
+                    Some(event.metadata.to_json().map_err(|e| {
+                        ApplyError::Rejected(StoreError::InvalidAppend(
+                            sirenia_core::InvalidAppend::BadMetadata(e.to_string()),
+                        ))
+                    })?)
+                };
+                stmt.raw_bind_parameter(base, event.id.as_uuid().as_bytes().as_slice())?;
+                stmt.raw_bind_parameter(base + 1, event.event_type.as_str())?;
+                stmt.raw_bind_parameter(base + 2, event.schema_version)?;
+                stmt.raw_bind_parameter(base + 3, event.content_type.as_str())?;
+                stmt.raw_bind_parameter(base + 4, event.data.as_ref())?;
+                stmt.raw_bind_parameter(base + 5, metadata)?;
+            }
+            match stmt.raw_execute() {
+                Ok(_) => {
+                    self.head += rows as u64;
+                    done += rows;
+                }
                 Err(e) if is_duplicate_event_id(&e) => return Err(ApplyError::DuplicateId),
                 Err(e) => return Err(ApplyError::Sqlite(e)),
             }
@@ -374,6 +382,49 @@ impl Writer {
             last_position: (count > 0).then_some(Position(self.head)),
         })
     }
+}
+
+/// Most rows one `INSERT` statement carries.
+const INSERT_CHUNK: usize = 64;
+/// Parameters every row of a write shares: stream id, recorded_at, first position, first
+/// revision (each row adds its offset to the last two in the SQL).
+const SHARED_PARAMS: usize = 4;
+/// Parameters of each row: event id, type, schema version, content type, data, metadata.
+const ROW_PARAMS: usize = 6;
+
+/// The `INSERT` of `rows` events of one write (`rows` is a power of two up to
+/// [`INSERT_CHUNK`]). The text is built once per size: the prepared-statement cache keys on it.
+fn insert_sql(rows: usize) -> &'static str {
+    use std::sync::OnceLock;
+    const SIZES: usize = INSERT_CHUNK.trailing_zeros() as usize + 1;
+    static SQL: OnceLock<[String; SIZES]> = OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        std::array::from_fn(|k| {
+            let rows = 1usize << k;
+            let mut sql = String::from(
+                "INSERT INTO events (position, stream_id, revision, event_id, event_type, \
+                 schema_version, content_type, data, metadata, recorded_at) VALUES ",
+            );
+            for r in 0..rows {
+                let b = SHARED_PARAMS + 1 + r * ROW_PARAMS;
+                if r > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(?3 + {r}, ?1, ?4 + {r}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?2)",
+                    b,
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5
+                ));
+            }
+            sql
+        })
+    });
+    debug_assert!(rows.is_power_of_two() && rows <= INSERT_CHUNK);
+    &all[rows.trailing_zeros() as usize]
 }
 
 fn is_duplicate_event_id(e: &rusqlite::Error) -> bool {
