@@ -125,12 +125,29 @@ impl NewEvent {
     /// Whether `recorded` holds the same content as this event: id, type, schema version,
     /// content type and payload. This is what makes a repeated append idempotent; metadata is not
     /// compared, because a retry may carry fresh metadata (a new trace id, say).
+    ///
+    /// JSON payloads are compared as JSON values, not bytes: a store may keep JSON in a
+    /// normalized form (PostgreSQL's `jsonb` drops insignificant whitespace and orders keys).
     pub fn same_content_as(&self, recorded: &RecordedEvent) -> bool {
         self.id == recorded.id
             && self.event_type == recorded.event_type
             && self.schema_version == recorded.schema_version
             && self.content_type == recorded.content_type
-            && self.data == recorded.data
+            && (self.data == recorded.data || self.same_json_as(recorded))
+    }
+
+    fn same_json_as(&self, recorded: &RecordedEvent) -> bool {
+        let essence = self.content_type.split(';').next().unwrap_or("").trim();
+        if !essence.eq_ignore_ascii_case(JSON_CONTENT_TYPE) {
+            return false;
+        }
+        match (
+            serde_json::from_slice::<serde_json::Value>(&self.data),
+            serde_json::from_slice::<serde_json::Value>(&recorded.data),
+        ) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        }
     }
 }
 

@@ -1,0 +1,885 @@
+//! # sirenia-postgres
+//!
+//! Sirenia's PostgreSQL store: the whole [`EventStore`] port for any number of application
+//! instances sharing one database.
+//!
+//! - **One round trip per append**, whatever its size: a stored function takes the request as
+//!   arrays, locks the streams' rows (in name order, so concurrent appends cannot deadlock),
+//!   checks every expectation before inserting anything, and inserts all events in one statement.
+//! - **A log that never skips an event.** A position is `(transaction id << 20) + index`, and
+//!   readers only read below `pg_snapshot_xmin(pg_current_snapshot()) << 20`: every transaction
+//!   below that has finished, and any transaction that can still add events has a higher id, so
+//!   once a reader has seen a position nothing can appear below it. A long-running transaction
+//!   delays delivery; it never causes a skip, and nothing is skipped on a timer.
+//! - **Subscriptions** poll by position; `LISTEN`/`NOTIFY` (one payload-free notification per
+//!   appending transaction) only wakes them early.
+//! - **Tables in a schema of their own** (`sirenia` by default), created and migrated on connect
+//!   under an advisory lock, so processes may start together.
+//! - **JSON payloads are stored as `jsonb`**, queryable with SQL; other content types (and JSON
+//!   that PostgreSQL cannot store, such as text containing U+0000) as `bytea`. PostgreSQL
+//!   normalizes JSON (whitespace, key order), so a JSON payload reads back equal as JSON, not
+//!   byte for byte.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), sirenia_core::StoreError> {
+//! let store = sirenia_postgres::PostgresStore::connect("postgresql://postgres@127.0.0.1/app").await?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
+use sirenia_core::limits::MAX_SCAN_PER_PAGE;
+use sirenia_core::store::{WriteDisposition, classify_write, validate_append};
+use sirenia_core::{
+    AllPage, AppendResult, Direction, EventFilter, EventId, EventStore, ExpectedVersion,
+    JSON_CONTENT_TYPE, Metadata, Position, RecordedEvent, StoreError, StreamAppended, StreamId,
+    StreamWrite, Timestamp,
+};
+use tokio::sync::watch;
+use tokio_postgres::{NoTls, Row};
+
+mod schema;
+
+/// The default schema.
+pub const DEFAULT_SCHEMA: &str = "sirenia";
+/// Longest schema name.
+pub const MAX_SCHEMA_NAME: usize = 48;
+/// Times an append is decided again after racing with a concurrent append of the same ids.
+pub const MAX_APPEND_ATTEMPTS: usize = 3;
+/// How long a read of the log waits for transactions that were in flight when it started, so
+/// that it returns everything committed before it (read-your-writes). Past this, for example
+/// behind a session idling in a transaction, it returns what is safe: fewer events, never a
+/// skipped one.
+pub const MAX_VISIBILITY_WAIT: Duration = Duration::from_secs(2);
+
+/// How to connect.
+#[derive(Clone, Debug)]
+pub struct PostgresOptions {
+    /// The schema holding Sirenia's tables (`[a-z0-9_]`, starting with a letter or `_`).
+    pub schema: String,
+    /// Most pooled connections.
+    pub pool_size: usize,
+    /// How often a waiting subscription polls when no notification arrives.
+    pub poll_interval: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions {
+            schema: DEFAULT_SCHEMA.to_owned(),
+            pool_size: 16,
+            poll_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+/// The PostgreSQL store. Cloning gives another handle to the same pool.
+#[derive(Clone)]
+pub struct PostgresStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    pool: Pool,
+    schema: String,
+    sql: Sql,
+    wake: watch::Receiver<u64>,
+    listener: tokio::task::JoinHandle<()>,
+    poll_interval: Duration,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.shared.schema)
+            .finish()
+    }
+}
+
+/// The statements, with the schema filled in.
+struct Sql {
+    append: String,
+    select: String,
+    by_id: String,
+    by_ids: String,
+    version: String,
+    versions: String,
+    head: String,
+    bound: &'static str,
+    committed: String,
+    stream_forward: String,
+    stream_backward: String,
+}
+
+impl Sql {
+    fn new(schema: &str) -> Self {
+        let s = schema::quote(schema);
+        let select = format!(
+            "SELECT position, stream_id, revision, event_id, event_type, schema_version, \
+             content_type, data::text, data_bytes, metadata::text, recorded_at FROM {s}.events"
+        );
+        Sql {
+            append: format!(
+                "SELECT base, firsts FROM {s}.append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+                 $11::text[]::jsonb[], $12, $13::text[]::jsonb[], $14)"
+            ),
+            by_id: format!("{select} WHERE event_id = $1"),
+            by_ids: format!("{select} WHERE event_id = ANY($1)"),
+            version: format!("SELECT version FROM {s}.streams WHERE stream_id = $1"),
+            versions: format!(
+                "SELECT stream_id, version FROM {s}.streams WHERE stream_id = ANY($1)"
+            ),
+            head: format!(
+                "SELECT coalesce(max(position), 0) FROM {s}.events WHERE position < \
+                 (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)"
+            ),
+            bound: "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20",
+            committed: format!("SELECT coalesce(max(position), 0) FROM {s}.events"),
+            stream_forward: format!(
+                "{select} WHERE stream_id = $1 AND revision >= $2 ORDER BY revision LIMIT $3"
+            ),
+            stream_backward: format!(
+                "{select} WHERE stream_id = $1 AND revision <= $2 ORDER BY revision DESC LIMIT $3"
+            ),
+            select,
+        }
+    }
+}
+
+pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
+    StoreError::backend("PostgreSQL failed", e)
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::backend("no PostgreSQL connection", e)
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        message: format!("{what}: {detail}"),
+    }
+}
+
+fn check_schema_name(schema: &str) -> Result<(), StoreError> {
+    let valid = !schema.is_empty()
+        && schema.len() <= MAX_SCHEMA_NAME
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !schema.starts_with(|c: char| c.is_ascii_digit());
+    if valid {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidOptions {
+            message: format!(
+                "schema {schema:?} must be 1 to {MAX_SCHEMA_NAME} of [a-z0-9_], not starting \
+                 with a digit"
+            ),
+        })
+    }
+}
+
+/// Whether `event` can go into a `jsonb` column as it is.
+fn storable_json<'a>(content_type: &str, data: &'a [u8]) -> Option<&'a str> {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case(JSON_CONTENT_TYPE) {
+        return None;
+    }
+    let text = std::str::from_utf8(data).ok()?;
+    // jsonb refuses U+0000; such payloads keep their bytes.
+    if text.contains("\\u0000") {
+        return None;
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(text).ok()?;
+    Some(text)
+}
+
+fn decode(row: &Row) -> Result<RecordedEvent, StoreError> {
+    let position: i64 = row.get(0);
+    let stream: &str = row.get(1);
+    let revision: i64 = row.get(2);
+    let schema_version: i32 = row.get(5);
+    let json: Option<String> = row.get(7);
+    let raw: Option<Vec<u8>> = row.get(8);
+    let metadata: Option<String> = row.get(9);
+    let recorded_at: std::time::SystemTime = row.get(10);
+    Ok(RecordedEvent {
+        position: Position(u64::try_from(position).map_err(|_| corrupt("position", position))?),
+        stream_id: StreamId::new(stream).map_err(|e| corrupt("stream id", e))?,
+        revision: u64::try_from(revision).map_err(|_| corrupt("revision", revision))?,
+        id: EventId(row.get(3)),
+        event_type: row.get(4),
+        schema_version: u16::try_from(schema_version)
+            .map_err(|_| corrupt("schema version", schema_version))?,
+        content_type: row.get(6),
+        data: match (json, raw) {
+            (Some(text), _) => Bytes::from(text.into_bytes()),
+            (None, Some(bytes)) => Bytes::from(bytes),
+            (None, None) => return Err(corrupt("event", "no payload")),
+        },
+        metadata: match metadata {
+            Some(text) => serde_json::from_str(&text).map_err(|e| corrupt("metadata", e))?,
+            None => Metadata::default(),
+        },
+        recorded_at: Timestamp::from_system_time(recorded_at),
+    })
+}
+
+/// Why the append function did not append.
+enum CallError {
+    /// Write `index` (0-based) found the stream at `actual`.
+    Conflict {
+        index: usize,
+        actual: u64,
+    },
+    /// An event id is already stored.
+    DuplicateId,
+    Store(StoreError),
+}
+
+impl PostgresStore {
+    /// A pooled connection, for work that should share a transaction with an append
+    /// ([`append_in_transaction`](Self::append_in_transaction)).
+    pub async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.shared.pool.get().await.map_err(pool_error)
+    }
+
+    /// Connects to `url` with default options, creating or migrating the schema.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, PostgresOptions::default()).await
+    }
+
+    /// Connects to `url` with `options`, creating or migrating the schema.
+    pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
+        check_schema_name(&options.schema)?;
+        let config =
+            tokio_postgres::Config::from_str(url).map_err(|e| StoreError::InvalidOptions {
+                message: format!("invalid PostgreSQL URL: {e}"),
+            })?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .build()
+            .map_err(|e| StoreError::InvalidOptions {
+                message: format!("cannot build the connection pool: {e}"),
+            })?;
+        let channel = format!("sirenia_{}", options.schema);
+        {
+            let mut client = pool.get().await.map_err(pool_error)?;
+            let client: &mut tokio_postgres::Client = &mut client;
+            schema::migrate(client, &options.schema, &channel).await?;
+        }
+        let (wake_tx, wake) = watch::channel(0u64);
+        let listener = tokio::spawn(listen(config, channel, wake_tx));
+        Ok(PostgresStore {
+            shared: Arc::new(Shared {
+                pool,
+                sql: Sql::new(&options.schema),
+                schema: options.schema,
+                wake,
+                listener,
+                poll_interval: options.poll_interval,
+            }),
+        })
+    }
+
+    /// The schema holding the tables.
+    pub fn schema(&self) -> &str {
+        &self.shared.schema
+    }
+
+    /// Drops the schema and everything in it. For tests and tear-down.
+    pub async fn drop_schema(&self) -> Result<(), StoreError> {
+        let client = self.shared.pool.get().await.map_err(pool_error)?;
+        client
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE",
+                schema::quote(&self.shared.schema)
+            ))
+            .await
+            .map_err(pg_error)
+    }
+
+    /// Appends within the caller's transaction: the events commit (and become visible) with
+    /// it, together with whatever else it writes. A failure rolls back only the append (a
+    /// savepoint), leaving the caller's transaction usable.
+    pub async fn append_in_transaction(
+        &self,
+        tx: &mut deadpool_postgres::Transaction<'_>,
+        writes: Vec<StreamWrite>,
+    ) -> Result<AppendResult, StoreError> {
+        validate_append(&writes)?;
+        let savepoint = tx.savepoint("sirenia_append").await.map_err(pg_error)?;
+        match self.append_on(&savepoint, writes).await {
+            Ok(result) => {
+                savepoint.commit().await.map_err(pg_error)?;
+                Ok(result)
+            }
+            Err(e) => {
+                savepoint.rollback().await.map_err(pg_error)?;
+                Err(e)
+            }
+        }
+    }
+
+    async fn call(
+        &self,
+        client: &impl GenericClient,
+        writes: &[&StreamWrite],
+    ) -> Result<AppendResult, CallError> {
+        let mut streams = Vec::with_capacity(writes.len());
+        let mut kinds = Vec::with_capacity(writes.len());
+        let mut expected = Vec::with_capacity(writes.len());
+        let mut counts = Vec::with_capacity(writes.len());
+        let total: usize = writes.iter().map(|w| w.events.len()).sum();
+        let mut write_of = Vec::with_capacity(total);
+        let mut index = Vec::with_capacity(total);
+        let mut ids = Vec::with_capacity(total);
+        let mut types = Vec::with_capacity(total);
+        let mut versions = Vec::with_capacity(total);
+        let mut content_types = Vec::with_capacity(total);
+        let mut json: Vec<Option<&str>> = Vec::with_capacity(total);
+        let mut raw: Vec<Option<&[u8]>> = Vec::with_capacity(total);
+        let mut metadata: Vec<Option<String>> = Vec::with_capacity(total);
+        for (w, write) in writes.iter().enumerate() {
+            streams.push(write.stream.as_str());
+            let (kind, version) = match write.expected {
+                ExpectedVersion::Any => (0i16, 0i64),
+                ExpectedVersion::NoStream => (1, 0),
+                ExpectedVersion::StreamExists => (2, 0),
+                ExpectedVersion::Exact(v) => (3, to_i64(v)),
+            };
+            kinds.push(kind);
+            expected.push(version);
+            counts.push(write.events.len() as i64);
+            for (i, event) in write.events.iter().enumerate() {
+                write_of.push(i32::try_from(w + 1).unwrap_or(i32::MAX));
+                index.push(i as i64);
+                ids.push(*event.id.as_uuid());
+                types.push(event.event_type.as_str());
+                versions.push(i32::from(event.schema_version));
+                content_types.push(event.content_type.as_str());
+                match storable_json(&event.content_type, &event.data) {
+                    Some(text) => {
+                        json.push(Some(text));
+                        raw.push(None);
+                    }
+                    None => {
+                        json.push(None);
+                        raw.push(Some(event.data.as_ref()));
+                    }
+                }
+                metadata.push(if event.metadata.is_empty() {
+                    None
+                } else {
+                    Some(
+                        event
+                            .metadata
+                            .to_json()
+                            .ok()
+                            .and_then(|b| String::from_utf8(b).ok())
+                            .unwrap_or_else(|| "{}".to_owned()),
+                    )
+                });
+            }
+        }
+        let statement = client
+            .prepare_cached(&self.shared.sql.append)
+            .await
+            .map_err(|e| CallError::Store(pg_error(e)))?;
+        let offset = 0i64;
+        let row = client
+            .query_one(
+                &statement,
+                &[
+                    &streams,
+                    &kinds,
+                    &expected,
+                    &counts,
+                    &write_of,
+                    &index,
+                    &ids,
+                    &types,
+                    &versions,
+                    &content_types,
+                    &json,
+                    &raw,
+                    &metadata,
+                    &offset,
+                ],
+            )
+            .await;
+        let row = match row {
+            Ok(row) => row,
+            Err(e) => return Err(classify_error(e)),
+        };
+        let base: i64 = row.get(0);
+        let firsts: Vec<i64> = row.get(1);
+        let mut position =
+            u64::try_from(base).map_err(|_| CallError::Store(corrupt("base", base)))?;
+        let mut result = Vec::with_capacity(writes.len());
+        for (write, first) in writes.iter().zip(firsts) {
+            let first =
+                u64::try_from(first).map_err(|_| CallError::Store(corrupt("version", first)))?;
+            let count = write.events.len() as u64;
+            result.push(StreamAppended {
+                stream: write.stream.clone(),
+                first_revision: first,
+                version: first + count,
+                first_position: (count > 0).then_some(Position(position)),
+                last_position: (count > 0).then_some(Position(position + count - 1)),
+            });
+            position += count;
+        }
+        Ok(AppendResult { streams: result })
+    }
+
+    /// Appends on `client`, deciding repeats and conflicts as the port says.
+    async fn append_on(
+        &self,
+        client: &impl GenericClient,
+        writes: Vec<StreamWrite>,
+    ) -> Result<AppendResult, StoreError> {
+        let all: Vec<&StreamWrite> = writes.iter().collect();
+        match self.call(client, &all).await {
+            Ok(result) => return Ok(result),
+            Err(CallError::Store(e)) => return Err(e),
+            Err(CallError::Conflict { .. } | CallError::DuplicateId) => {}
+        }
+        // Rare paths: a conflict may be a repeat of an append that succeeded, and a stored id
+        // may be a repeat or a reuse. Decide every write in request order as the port says (ids
+        // first, then the expectation), with the stored events and current versions in hand.
+        let mut last_conflict = None;
+        for _ in 0..MAX_APPEND_ATTEMPTS {
+            let ids: Vec<uuid::Uuid> = writes
+                .iter()
+                .flat_map(|w| w.events.iter().map(|e| *e.id.as_uuid()))
+                .collect();
+            let names: Vec<&str> = writes.iter().map(|w| w.stream.as_str()).collect();
+            let statement = client
+                .prepare_cached(&self.shared.sql.by_ids)
+                .await
+                .map_err(pg_error)?;
+            let rows = client.query(&statement, &[&ids]).await.map_err(pg_error)?;
+            let mut stored = HashMap::with_capacity(rows.len());
+            for row in &rows {
+                let event = decode(row)?;
+                stored.insert(event.id, event);
+            }
+            let statement = client
+                .prepare_cached(&self.shared.sql.versions)
+                .await
+                .map_err(pg_error)?;
+            let mut versions: HashMap<String, u64> = HashMap::new();
+            for row in client
+                .query(&statement, &[&names])
+                .await
+                .map_err(pg_error)?
+            {
+                let v: i64 = row.get(1);
+                versions.insert(
+                    row.get(0),
+                    u64::try_from(v).map_err(|_| corrupt("version", v))?,
+                );
+            }
+            let mut outcome: Vec<Option<StreamAppended>> = Vec::with_capacity(writes.len());
+            let mut new = Vec::new();
+            for write in &writes {
+                let found: Vec<Option<&RecordedEvent>> =
+                    write.events.iter().map(|e| stored.get(&e.id)).collect();
+                match classify_write(write, &found)? {
+                    WriteDisposition::Repeat(original) => outcome.push(Some(original)),
+                    WriteDisposition::New => {
+                        let current = versions
+                            .get(write.stream.as_str())
+                            .copied()
+                            .filter(|v| *v > 0);
+                        if !write.expected.is_satisfied_by(current) {
+                            return Err(StoreError::Conflict {
+                                stream: write.stream.clone(),
+                                expected: write.expected,
+                                actual: current,
+                            });
+                        }
+                        outcome.push(None);
+                        new.push(write);
+                    }
+                }
+            }
+            if new.is_empty() {
+                return Ok(AppendResult {
+                    streams: outcome.into_iter().flatten().collect(),
+                });
+            }
+            match self.call(client, &new).await {
+                Ok(result) => {
+                    let mut appended = result.streams.into_iter();
+                    let streams = outcome
+                        .into_iter()
+                        .map(|o| o.or_else(|| appended.next()))
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(|| corrupt("append", "result count"))?;
+                    return Ok(AppendResult { streams });
+                }
+                // A concurrent append changed a stream or stored one of these ids meanwhile:
+                // decide again.
+                Err(CallError::Conflict { index, actual }) => {
+                    let write = new.get(index).ok_or_else(|| corrupt("conflict", index))?;
+                    last_conflict = Some(StoreError::Conflict {
+                        stream: write.stream.clone(),
+                        expected: write.expected,
+                        actual: (actual > 0).then_some(actual),
+                    });
+                }
+                Err(CallError::DuplicateId) => {}
+                Err(CallError::Store(e)) => return Err(e),
+            }
+        }
+        if let Some(conflict) = last_conflict {
+            return Err(conflict);
+        }
+        Err(StoreError::Backend {
+            message: "concurrent appends kept racing on the same event ids".to_owned(),
+            source: None,
+        })
+    }
+
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
+        let rows = client.query(&statement, params).await.map_err(pg_error)?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// The safe bound: every position below it is final. Waits (up to [`MAX_VISIBILITY_WAIT`])
+    /// until it passes every position committed when the call began.
+    async fn bound(&self) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let committed = client
+            .prepare_cached(&self.shared.sql.committed)
+            .await
+            .map_err(pg_error)?;
+        let bound = client
+            .prepare_cached(self.shared.sql.bound)
+            .await
+            .map_err(pg_error)?;
+        let target: i64 = client
+            .query_one(&committed, &[])
+            .await
+            .map_err(pg_error)?
+            .get(0);
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_micros(500);
+        loop {
+            let value: i64 = client
+                .query_one(&bound, &[])
+                .await
+                .map_err(pg_error)?
+                .get(0);
+            if value > target || started.elapsed() >= MAX_VISIBILITY_WAIT {
+                return u64::try_from(value).map_err(|_| corrupt("snapshot bound", value));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    /// The filter's conditions, with parameters numbered from `next`.
+    fn filter_sql(filter: &EventFilter, next: usize) -> String {
+        let mut sql = String::new();
+        let mut n = next;
+        if !filter.categories.is_empty() {
+            sql.push_str(&format!(" AND split_part(stream_id, '-', 1) = ANY(${n})"));
+            n += 1;
+        }
+        if !filter.event_types.is_empty() {
+            sql.push_str(&format!(" AND event_type = ANY(${n})"));
+        }
+        sql
+    }
+}
+
+fn classify_error(e: tokio_postgres::Error) -> CallError {
+    if let Some(db) = e.as_db_error() {
+        if db.code().code() == "SR001" {
+            let detail = db.detail().unwrap_or_default();
+            let parsed = detail
+                .split_once(':')
+                .and_then(|(i, v)| Some((i.parse::<usize>().ok()?, v.parse::<u64>().ok()?)));
+            if let Some((i, actual)) = parsed {
+                return CallError::Conflict {
+                    index: i.saturating_sub(1),
+                    actual,
+                };
+            }
+        }
+        if db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+            && db.constraint() == Some("events_event_id")
+        {
+            return CallError::DuplicateId;
+        }
+    }
+    CallError::Store(pg_error(e))
+}
+
+/// Keeps a `LISTEN` connection open and bumps `wake` on every notification (and on every
+/// reconnect, since notifications may have been missed meanwhile).
+async fn listen(config: tokio_postgres::Config, channel: String, wake: watch::Sender<u64>) {
+    loop {
+        if let Ok((client, mut connection)) = config.connect(NoTls).await {
+            let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
+            let wake_for_driver = wake.clone();
+            let driver = tokio::spawn(async move {
+                let mut messages =
+                    futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                use futures_util::StreamExt;
+                while let Some(message) = messages.next().await {
+                    match message {
+                        Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                            wake_for_driver.send_modify(|n| *n = n.wrapping_add(1));
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+                let _ = done_tx.send(());
+            });
+            if client
+                .batch_execute(&format!("LISTEN {channel}"))
+                .await
+                .is_ok()
+            {
+                wake.send_modify(|n| *n = n.wrapping_add(1));
+                let _ = (&mut done_rx).await;
+            }
+            driver.abort();
+            drop(client);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+impl EventStore for PostgresStore {
+    async fn append(&self, writes: Vec<StreamWrite>) -> Result<AppendResult, StoreError> {
+        validate_append(&writes)?;
+        let client = self.client().await?;
+        self.append_on(&client, writes).await
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&self.shared.sql.version)
+            .await
+            .map_err(pg_error)?;
+        let row = client
+            .query_opt(&statement, &[&stream.as_str()])
+            .await
+            .map_err(pg_error)?;
+        match row {
+            None => Ok(None),
+            Some(row) => {
+                let v: i64 = row.get(0);
+                let v = u64::try_from(v).map_err(|_| corrupt("version", v))?;
+                Ok((v > 0).then_some(v))
+            }
+        }
+    }
+
+    async fn event_by_id(&self, id: EventId) -> Result<Option<RecordedEvent>, StoreError> {
+        let events = self.query(&self.shared.sql.by_id, &[id.as_uuid()]).await?;
+        Ok(events.into_iter().next())
+    }
+
+    async fn head_position(&self) -> Result<Position, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&self.shared.sql.head)
+            .await
+            .map_err(pg_error)?;
+        let head: i64 = client
+            .query_one(&statement, &[])
+            .await
+            .map_err(pg_error)?
+            .get(0);
+        u64::try_from(head)
+            .map(Position)
+            .map_err(|_| corrupt("position", head))
+    }
+
+    async fn read_stream_page(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        direction: Direction,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = match direction {
+            Direction::Forward => &self.shared.sql.stream_forward,
+            Direction::Backward => &self.shared.sql.stream_backward,
+        };
+        self.query(sql, &[&stream.as_str(), &to_i64(from), &to_i64(max as u64)])
+            .await
+    }
+
+    async fn read_all_page(
+        &self,
+        from: Position,
+        direction: Direction,
+        filter: &EventFilter,
+        max: usize,
+    ) -> Result<AllPage, StoreError> {
+        // Everything below the bound is final: no event can appear there later.
+        let bound = self.bound().await?;
+        let select = &self.shared.sql.select;
+        let s = schema::quote(&self.shared.schema);
+        let categories = &filter.categories;
+        let types = &filter.event_types;
+        let max_i = to_i64(max as u64);
+        let scan = MAX_SCAN_PER_PAGE as i64 - 1;
+        match direction {
+            Direction::Forward => {
+                let start = from.get().max(1);
+                if start >= bound {
+                    return Ok(AllPage {
+                        events: Vec::new(),
+                        next: Position(start),
+                        at_end: true,
+                    });
+                }
+                // The last position this page may examine: a bounded scan, also when filtered.
+                let window_end: Option<i64> = if filter.is_all() {
+                    None
+                } else {
+                    let client = self.client().await?;
+                    let sql = format!(
+                        "SELECT position FROM {s}.events WHERE position >= $1 AND position < $2 \
+                         ORDER BY position OFFSET $3 LIMIT 1"
+                    );
+                    let statement = client.prepare_cached(&sql).await.map_err(pg_error)?;
+                    client
+                        .query_opt(&statement, &[&to_i64(start), &to_i64(bound), &scan])
+                        .await
+                        .map_err(pg_error)?
+                        .map(|r| r.get(0))
+                };
+                let last = window_end.unwrap_or(to_i64(bound) - 1);
+                let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
+                let start_i = to_i64(start);
+                params.push(&start_i);
+                params.push(&last);
+                params.push(&max_i);
+                if !categories.is_empty() {
+                    params.push(categories);
+                }
+                if !types.is_empty() {
+                    params.push(types);
+                }
+                let sql = format!(
+                    "{select} WHERE position >= $1 AND position <= $2{} ORDER BY position LIMIT $3",
+                    Self::filter_sql(filter, 4)
+                );
+                let events = self.query(&sql, &params).await?;
+                let full = events.len() == max;
+                let next = match events.last() {
+                    Some(e) if full => e.position.get() + 1,
+                    _ => u64::try_from(last).unwrap_or(0) + 1,
+                };
+                Ok(AllPage {
+                    events,
+                    next: Position(next),
+                    at_end: !full && next >= bound,
+                })
+            }
+            Direction::Backward => {
+                let top = from.get().min(bound.saturating_sub(1));
+                if from == Position::START || top == 0 {
+                    return Ok(AllPage {
+                        events: Vec::new(),
+                        next: Position::START,
+                        at_end: true,
+                    });
+                }
+                let window_low: Option<i64> = if filter.is_all() {
+                    None
+                } else {
+                    let client = self.client().await?;
+                    let sql = format!(
+                        "SELECT position FROM {s}.events WHERE position <= $1 \
+                         ORDER BY position DESC OFFSET $2 LIMIT 1"
+                    );
+                    let statement = client.prepare_cached(&sql).await.map_err(pg_error)?;
+                    client
+                        .query_opt(&statement, &[&to_i64(top), &scan])
+                        .await
+                        .map_err(pg_error)?
+                        .map(|r| r.get(0))
+                };
+                let low = window_low.unwrap_or(1);
+                let top_i = to_i64(top);
+                let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
+                params.push(&top_i);
+                params.push(&low);
+                params.push(&max_i);
+                if !categories.is_empty() {
+                    params.push(categories);
+                }
+                if !types.is_empty() {
+                    params.push(types);
+                }
+                let sql = format!(
+                    "{select} WHERE position <= $1 AND position >= $2{} ORDER BY position DESC LIMIT $3",
+                    Self::filter_sql(filter, 4)
+                );
+                let events = self.query(&sql, &params).await?;
+                let full = events.len() == max;
+                let next = match events.last() {
+                    Some(e) if full => e.position.get() - 1,
+                    _ => u64::try_from(low).unwrap_or(1).saturating_sub(1),
+                };
+                Ok(AllPage {
+                    events,
+                    next: Position(next),
+                    at_end: next == 0,
+                })
+            }
+        }
+    }
+
+    async fn wait_for_events(&self, from: Position) -> Result<(), StoreError> {
+        let mut wake = self.shared.wake.clone();
+        if self.head_position().await? >= from {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = wake.changed() => {}
+            _ = tokio::time::sleep(self.shared.poll_interval) => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,159 @@
+//! The schema: forward-only migrations, applied on connect under an advisory lock so that
+//! processes starting together migrate once.
+
+use sirenia_core::StoreError;
+use tokio_postgres::Client;
+
+use crate::pg_error;
+
+/// Each entry moves a schema one version forward; `{s}` is the quoted schema name and
+/// `{channel}` the notification channel. Never edit an entry once released: add a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: streams (one row per stream, locked by appends), the log, and the append function.
+    r#"
+CREATE TABLE {s}.streams (
+    stream_id text PRIMARY KEY,
+    version   bigint NOT NULL
+);
+CREATE TABLE {s}.events (
+    position       bigint PRIMARY KEY,
+    stream_id      text NOT NULL,
+    revision       bigint NOT NULL,
+    event_id       uuid NOT NULL,
+    event_type     text NOT NULL,
+    schema_version integer NOT NULL,
+    content_type   text NOT NULL,
+    data           jsonb,
+    data_bytes     bytea,
+    metadata       jsonb,
+    recorded_at    timestamptz NOT NULL DEFAULT statement_timestamp(),
+    CONSTRAINT events_stream_revision UNIQUE (stream_id, revision),
+    CONSTRAINT events_event_id UNIQUE (event_id),
+    CONSTRAINT events_one_payload CHECK ((data IS NULL) <> (data_bytes IS NULL))
+);
+-- Appends the writes of one request, all or nothing. Positions are
+-- (transaction id << 20) + p_offset + the event's index in the request, so they increase in
+-- transaction-id order, and readers that stop below pg_snapshot_xmin << 20 never see a position
+-- appear below one they have read. Stream rows are locked in name order (no deadlocks) and every
+-- expectation is checked before anything is inserted; a failed expectation raises SR001 with
+-- "<write index>:<version>" as its detail. Returns the position base and, per write, the stream
+-- version before it.
+CREATE FUNCTION {s}.append(
+    p_streams text[], p_kinds smallint[], p_expected bigint[], p_counts bigint[],
+    p_write integer[], p_index bigint[],
+    p_ids uuid[], p_types text[], p_versions integer[], p_content_types text[],
+    p_json jsonb[], p_bytes bytea[], p_metadata jsonb[], p_offset bigint,
+    OUT base bigint, OUT firsts bigint[])
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    n   integer := coalesce(array_length(p_streams, 1), 0);
+    i   integer;
+    cur bigint;
+    ok  boolean;
+    xid bigint := pg_current_xact_id()::text::bigint;
+BEGIN
+    IF xid >= (1::bigint << 43) THEN
+        RAISE EXCEPTION 'transaction id % is beyond what positions can encode', xid;
+    END IF;
+    base := (xid << 20) + p_offset;
+    firsts := array_fill(0::bigint, ARRAY[n]);
+    FOR i IN SELECT t.ord FROM unnest(p_streams) WITH ORDINALITY AS t(name, ord) ORDER BY t.name LOOP
+        INSERT INTO {s}.streams (stream_id, version) VALUES (p_streams[i], 0)
+            ON CONFLICT (stream_id) DO NOTHING;
+        SELECT s.version INTO cur FROM {s}.streams s WHERE s.stream_id = p_streams[i] FOR UPDATE;
+        ok := CASE p_kinds[i]
+            WHEN 0 THEN true
+            WHEN 1 THEN cur = 0
+            WHEN 2 THEN cur > 0
+            ELSE cur = p_expected[i]
+        END;
+        IF NOT ok THEN
+            RAISE EXCEPTION USING ERRCODE = 'SR001', MESSAGE = 'sirenia: expected version',
+                DETAIL = i::text || ':' || cur::text;
+        END IF;
+        firsts[i] := cur;
+        IF p_counts[i] > 0 THEN
+            UPDATE {s}.streams SET version = cur + p_counts[i] WHERE stream_id = p_streams[i];
+        END IF;
+    END LOOP;
+    -- p_write[k] is the write of event k, p_index[k] its index within that write.
+    INSERT INTO {s}.events (position, stream_id, revision, event_id, event_type, schema_version,
+                            content_type, data, data_bytes, metadata)
+    SELECT base + e.ord - 1, p_streams[e.w], firsts[e.w] + e.ix, e.id, e.ty, e.ver, e.ct,
+           e.js, e.bs, e.md
+    FROM unnest(p_write, p_index, p_ids, p_types, p_versions, p_content_types, p_json, p_bytes,
+                p_metadata) WITH ORDINALITY AS e(w, ix, id, ty, ver, ct, js, bs, md, ord);
+    IF array_length(p_ids, 1) > 0 THEN
+        PERFORM pg_notify('{channel}', '');
+    END IF;
+END
+$fn$;
+"#,
+];
+
+/// The schema version this build writes.
+#[allow(clippy::cast_possible_truncation)] // a handful of migrations, checked at compile time
+pub(crate) const SCHEMA_VERSION: i32 = {
+    assert!(MIGRATIONS.len() < i32::MAX as usize);
+    MIGRATIONS.len() as i32
+};
+
+/// Creates `schema` if needed and brings it to [`SCHEMA_VERSION`], holding an advisory lock so
+/// that concurrent starts migrate once. A schema from a newer Sirenia is refused.
+pub(crate) async fn migrate(
+    client: &mut Client,
+    schema: &str,
+    channel: &str,
+) -> Result<(), StoreError> {
+    let quoted = quote(schema);
+    let tx = client.transaction().await.map_err(pg_error)?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('sirenia-migrate:' || $1))",
+        &[&schema],
+    )
+    .await
+    .map_err(pg_error)?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {quoted};
+         CREATE TABLE IF NOT EXISTS {quoted}.sirenia_schema (version integer NOT NULL);"
+    ))
+    .await
+    .map_err(pg_error)?;
+    let found: Option<i32> = tx
+        .query_opt(&format!("SELECT version FROM {quoted}.sirenia_schema"), &[])
+        .await
+        .map_err(pg_error)?
+        .map(|row| row.get(0));
+    let found = found.unwrap_or(0);
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::Incompatible {
+            message: format!(
+                "schema {schema} has version {found}, written by a newer Sirenia; this build \
+                 knows up to {SCHEMA_VERSION}"
+            ),
+        });
+    }
+    for migration in &MIGRATIONS[usize::try_from(found).unwrap_or(0)..] {
+        let sql = migration
+            .replace("{s}", &quoted)
+            .replace("{channel}", channel);
+        tx.batch_execute(&sql).await.map_err(pg_error)?;
+    }
+    if found != SCHEMA_VERSION {
+        tx.execute(&format!("DELETE FROM {quoted}.sirenia_schema"), &[])
+            .await
+            .map_err(pg_error)?;
+        tx.execute(
+            &format!("INSERT INTO {quoted}.sirenia_schema (version) VALUES ($1)"),
+            &[&SCHEMA_VERSION],
+        )
+        .await
+        .map_err(pg_error)?;
+    }
+    tx.commit().await.map_err(pg_error)
+}
+
+/// `name` as a quoted SQL identifier (names are validated to `[a-z0-9_]` before).
+pub(crate) fn quote(name: &str) -> String {
+    format!("\"{name}\"")
+}
