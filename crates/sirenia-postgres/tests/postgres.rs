@@ -1,0 +1,379 @@
+//! What the PostgreSQL store promises beyond the port: a complete log under concurrent writers
+//! with slow and rolled-back transactions, safe retries after an unknown outcome, and one
+//! database shared by independent pools.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::{StreamExt, TryStreamExt};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use sirenia_core::{
+    Aggregate, CommandError, DomainEvent, EventId, EventStore, ExpectedVersion, NewEvent, ReadAll,
+    ReadStream, Repository, StoreError, StreamId, StreamWrite, Subscribe, SubscriptionItem,
+};
+use sirenia_postgres::{PostgresOptions, PostgresStore};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Rounds of the completeness test; `SIRENIA_COMPLETENESS_ROUNDS` raises it.
+const DEFAULT_ROUNDS: u32 = 10;
+const WRITERS: u64 = 8;
+const TRANSACTIONS_PER_WRITER: u64 = 20;
+
+/// One round: writers append in explicit transactions, pausing between insert and commit and
+/// rolling some back, while two subscribers follow the log from position 0.
+async fn completeness_round(round: u32) {
+    let store = common::fresh_store().await;
+    let mut subscribers = Vec::new();
+    for _ in 0..2 {
+        let mut sub = store.subscribe(Subscribe::from_start());
+        subscribers.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            loop {
+                match tokio::time::timeout(Duration::from_secs(60), sub.next()).await {
+                    Ok(Some(Ok(SubscriptionItem::Event(e)))) => {
+                        seen.push((e.position, e.id));
+                        if e.event_type == "End" {
+                            return seen;
+                        }
+                    }
+                    Ok(Some(Ok(SubscriptionItem::CaughtUp { .. }))) => {}
+                    other => panic!("subscription stopped: {other:?}"),
+                }
+            }
+        }));
+    }
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(u64::from(round) * 100 + w);
+            let (mut committed, mut rolled_back) = (Vec::new(), Vec::new());
+            let pg = store.store();
+            let mut client = pg.client().await.unwrap();
+            for t in 0..TRANSACTIONS_PER_WRITER {
+                let events: Vec<NewEvent> = (0..rng.random_range(1..4u64))
+                    .map(|i| NewEvent::json("Written", &json!({ "w": w, "t": t, "i": i })))
+                    .collect();
+                let ids: Vec<EventId> = events.iter().map(|e| e.id).collect();
+                let stream = StreamId::new(format!("w{w}-{}", t % 3)).unwrap();
+                let mut tx = client.transaction().await.unwrap();
+                pg.append_in_transaction(
+                    &mut tx,
+                    vec![StreamWrite::new(stream, ExpectedVersion::Any, events)],
+                )
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(rng.random_range(0..15))).await;
+                if rng.random_bool(0.2) {
+                    tx.rollback().await.unwrap();
+                    rolled_back.extend(ids);
+                } else {
+                    tx.commit().await.unwrap();
+                    committed.extend(ids);
+                }
+            }
+            (committed, rolled_back)
+        }));
+    }
+    let (mut committed, mut rolled_back) = (HashSet::new(), HashSet::new());
+    for w in writers {
+        let (c, r) = w.await.unwrap();
+        committed.extend(c);
+        rolled_back.extend(r);
+    }
+    let end = NewEvent::json("End", &json!({}));
+    committed.insert(end.id);
+    store
+        .append(vec![StreamWrite::new(
+            StreamId::new("end-1").unwrap(),
+            ExpectedVersion::NoStream,
+            vec![end],
+        )])
+        .await
+        .unwrap();
+    for subscriber in subscribers {
+        let seen = subscriber.await.unwrap();
+        assert!(
+            seen.windows(2).all(|w| w[0].0 < w[1].0),
+            "round {round}: delivered in strictly increasing positions"
+        );
+        let ids: Vec<EventId> = seen.iter().map(|(_, id)| *id).collect();
+        let unique: HashSet<EventId> = ids.iter().copied().collect();
+        assert_eq!(
+            unique.len(),
+            ids.len(),
+            "round {round}: nothing delivered twice"
+        );
+        assert!(
+            unique.is_disjoint(&rolled_back),
+            "round {round}: a rolled-back event was delivered"
+        );
+        let missing: Vec<&EventId> = committed.difference(&unique).take(3).collect();
+        let extra: Vec<&EventId> = unique.difference(&committed).take(3).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "round {round}: delivered {} of {} committed events; missing e.g. {missing:?}, \
+             unexpected e.g. {extra:?}",
+            unique.intersection(&committed).count(),
+            committed.len()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_see_every_committed_event_once_and_in_order() {
+    let rounds: u32 = std::env::var("SIRENIA_COMPLETENESS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_ROUNDS);
+    for round in 0..rounds {
+        completeness_round(round).await;
+    }
+}
+
+/// Forwards one connection, optionally cutting it right after the server has received (and
+/// had time to commit) the next client message.
+async fn pump(client: TcpStream, upstream: String, cut: Arc<AtomicBool>) {
+    let Ok(server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let kill = Arc::new(tokio::sync::Notify::new());
+    let kill_for_up = kill.clone();
+    // Once set, nothing more reaches the client.
+    let severed = Arc::new(AtomicBool::new(false));
+    let severed_for_up = severed.clone();
+    let up = tokio::spawn(async move {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let n = match client_read.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let cutting = cut.swap(false, Ordering::SeqCst);
+            if cutting {
+                severed_for_up.store(true, Ordering::SeqCst);
+            }
+            if server_write.write_all(&buffer[..n]).await.is_err() {
+                return;
+            }
+            if cutting {
+                // Give the server time to run and commit what it just received, then break
+                // the connection before its answer reaches the client.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                kill_for_up.notify_one();
+                return;
+            }
+        }
+    });
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        tokio::select! {
+            read = server_read.read(&mut buffer) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(_) if severed.load(Ordering::SeqCst) => {}
+                Ok(n) => {
+                    if client_write.write_all(&buffer[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            },
+            _ = kill.notified() => break,
+        }
+    }
+    up.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_an_unknown_outcome_stores_exactly_one_copy() {
+    let guarded = common::fresh_store().await;
+    let schema = guarded.store().schema().to_owned();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let upstream = {
+        let url = common::url();
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        format!("127.0.0.1:{port}")
+    };
+    let cut = Arc::new(AtomicBool::new(false));
+    let cut_for_proxy = cut.clone();
+    let proxy = tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(pump(client, upstream.clone(), cut_for_proxy.clone()));
+        }
+    });
+    let mut url: tokio_postgres::Config = common::url().parse().unwrap();
+    url.host("127.0.0.1").port(port);
+    let proxied_url = format!(
+        "postgresql://{}@127.0.0.1:{port}/{}",
+        url.get_user().unwrap_or("postgres"),
+        url.get_dbname().unwrap_or("test")
+    );
+    let options = PostgresOptions {
+        schema,
+        pool_size: 1,
+        ..PostgresOptions::default()
+    };
+    let store = PostgresStore::connect_with(&proxied_url, options)
+        .await
+        .unwrap();
+    let stream = StreamId::new("order-1").unwrap();
+    // Prepare the append statement on the pooled connection, so the next message the client
+    // sends is the append itself.
+    store
+        .append(vec![StreamWrite::new(
+            StreamId::new("warm-1").unwrap(),
+            ExpectedVersion::NoStream,
+            vec![NewEvent::json("Warm", &json!({}))],
+        )])
+        .await
+        .unwrap();
+    let batch: Vec<NewEvent> = (0..3)
+        .map(|i| NewEvent::json("Placed", &json!({ "i": i })))
+        .collect();
+    let write = || {
+        vec![StreamWrite::new(
+            stream.clone(),
+            ExpectedVersion::NoStream,
+            batch.clone(),
+        )]
+    };
+    cut.store(true, Ordering::SeqCst);
+    let first = store.append(write()).await;
+    assert!(
+        matches!(first, Err(StoreError::Backend { .. })),
+        "the broken connection leaves the outcome unknown: {first:?}"
+    );
+    let stored: Vec<_> = guarded
+        .read_stream(&stream, ReadStream::forward())
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 3, "the server committed the first attempt");
+    let retry = store
+        .append(write())
+        .await
+        .expect("retrying with the same ids succeeds");
+    let after: Vec<_> = guarded
+        .read_stream(&stream, ReadStream::forward())
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(after, stored, "the retry wrote nothing: exactly one copy");
+    assert_eq!(retry.streams[0].version, 3);
+    assert_eq!(retry.streams[0].first_position, Some(stored[0].position));
+    assert_eq!(retry.streams[0].last_position, Some(stored[2].position));
+    proxy.abort();
+}
+
+#[derive(Default)]
+struct Counter {
+    value: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Increment;
+
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+enum CounterEvent {
+    Incremented,
+}
+
+impl DomainEvent for CounterEvent {}
+
+#[derive(Debug, thiserror::Error)]
+#[error("never")]
+struct Never;
+
+impl Aggregate for Counter {
+    const CATEGORY: &'static str = "counter";
+    type Command = Increment;
+    type Event = CounterEvent;
+    type Error = Never;
+    fn apply(&mut self, _: &CounterEvent) {
+        self.value += 1;
+    }
+    fn handle(&self, _: Increment) -> Result<Vec<CounterEvent>, Never> {
+        Ok(vec![CounterEvent::Incremented])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pools_running_one_command_flow_keep_revisions_contiguous() {
+    let guarded = common::fresh_store().await;
+    let schema = guarded.store().schema().to_owned();
+    let mut tasks = Vec::new();
+    for _pool in 0..2 {
+        let options = PostgresOptions {
+            schema: schema.clone(),
+            pool_size: 4,
+            ..PostgresOptions::default()
+        };
+        let store = PostgresStore::connect_with(&common::url(), options)
+            .await
+            .unwrap();
+        for task in 0..4u64 {
+            let repository = Repository::<Counter, _>::new(store.clone())
+                .with_max_retries(50)
+                .unwrap();
+            tasks.push(tokio::spawn(async move {
+                let (mut done, mut conflicts) = (0u64, 0u64);
+                for i in 0..25u64 {
+                    match repository
+                        .execute(&format!("{}", (task + i) % 3), Increment)
+                        .await
+                    {
+                        Ok(_) => done += 1,
+                        Err(CommandError::TooManyConflicts { .. }) => conflicts += 1,
+                        Err(other) => panic!("only typed conflicts may fail a command: {other}"),
+                    }
+                }
+                (done, conflicts)
+            }));
+        }
+    }
+    let mut done = 0;
+    for t in tasks {
+        done += t.await.unwrap().0;
+    }
+    let mut total = 0;
+    for id in 0..3 {
+        let stream = StreamId::new(format!("counter-{id}")).unwrap();
+        let events: Vec<_> = guarded
+            .read_stream(&stream, ReadStream::forward())
+            .try_collect()
+            .await
+            .unwrap();
+        let revisions: Vec<u64> = events.iter().map(|e| e.revision).collect();
+        assert_eq!(
+            revisions,
+            (0..events.len() as u64).collect::<Vec<_>>(),
+            "contiguous"
+        );
+        total += events.len() as u64;
+    }
+    assert_eq!(
+        total, done,
+        "every acknowledged command is stored exactly once"
+    );
+    let log: Vec<_> = guarded
+        .read_all(ReadAll::forward())
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(log.len() as u64, total);
+}
