@@ -11,6 +11,7 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod postgres;
 mod report;
 mod sqlite;
 
@@ -64,8 +65,12 @@ fn main() {
         });
     let mut rows = Vec::new();
     let keep = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
-    if let Err(e) = runtime.block_on(sqlite::run(scale, &keep, &mut rows)) {
-        eprintln!("benchmark failed: {e}");
+    let outcome = runtime.block_on(async {
+        sqlite::run(scale, &keep, &mut rows).await?;
+        postgres::run(scale, &keep, &mut rows).await
+    });
+    if let Err(e) = outcome {
+        eprintln!("benchmark failed: {e} ({e:?})");
         std::process::exit(1);
     }
     report::print(&rows, quick);

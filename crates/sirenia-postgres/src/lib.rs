@@ -51,6 +51,9 @@ pub const DEFAULT_SCHEMA: &str = "sirenia";
 pub const MAX_SCHEMA_NAME: usize = 48;
 /// Times an append is decided again after racing with a concurrent append of the same ids.
 pub const MAX_APPEND_ATTEMPTS: usize = 3;
+/// Appends within this interval share one cross-process notification (this process's
+/// subscriptions are woken at once regardless).
+pub const NOTIFY_COALESCE: Duration = Duration::from_millis(2);
 /// How long a read of the log waits for transactions that were in flight when it started, so
 /// that it returns everything committed before it (read-your-writes). Past this, for example
 /// behind a session idling in a transaction, it returns what is safe: fewer events, never a
@@ -89,13 +92,19 @@ struct Shared {
     schema: String,
     sql: Sql,
     wake: watch::Receiver<u64>,
+    /// Wakes this process's waiting subscriptions.
+    wake_tx: Arc<watch::Sender<u64>>,
+    /// Asks the notifier to tell other processes.
+    announce: Arc<tokio::sync::Notify>,
     listener: tokio::task::JoinHandle<()>,
+    notifier: tokio::task::JoinHandle<()>,
     poll_interval: Duration,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
         self.listener.abort();
+        self.notifier.abort();
     }
 }
 
@@ -288,17 +297,23 @@ impl PostgresStore {
         {
             let mut client = pool.get().await.map_err(pool_error)?;
             let client: &mut tokio_postgres::Client = &mut client;
-            schema::migrate(client, &options.schema, &channel).await?;
+            schema::migrate(client, &options.schema).await?;
         }
         let (wake_tx, wake) = watch::channel(0u64);
-        let listener = tokio::spawn(listen(config, channel, wake_tx));
+        let wake_tx = Arc::new(wake_tx);
+        let announce = Arc::new(tokio::sync::Notify::new());
+        let listener = tokio::spawn(listen(config.clone(), channel.clone(), wake_tx.clone()));
+        let notifier = tokio::spawn(notify(config, channel, announce.clone()));
         Ok(PostgresStore {
             shared: Arc::new(Shared {
                 pool,
                 sql: Sql::new(&options.schema),
                 schema: options.schema,
                 wake,
+                wake_tx,
+                announce,
                 listener,
+                notifier,
                 poll_interval: options.poll_interval,
             }),
         })
@@ -307,6 +322,14 @@ impl PostgresStore {
     /// The schema holding the tables.
     pub fn schema(&self) -> &str {
         &self.shared.schema
+    }
+
+    /// Wakes subscriptions after a commit: this process's at once, other processes' through a
+    /// notification. [`append`](EventStore::append) does it; call it after committing a
+    /// transaction that used [`append_in_transaction`](Self::append_in_transaction).
+    pub fn announce(&self) {
+        self.shared.wake_tx.send_modify(|n| *n = n.wrapping_add(1));
+        self.shared.announce.notify_one();
     }
 
     /// Drops the schema and everything in it. For tests and tear-down.
@@ -647,9 +670,36 @@ fn classify_error(e: tokio_postgres::Error) -> CallError {
     CallError::Store(pg_error(e))
 }
 
+/// Sends one payload-free notification per burst of appends, on a connection of its own and
+/// outside the appends' transactions (a notifying transaction serializes commits).
+async fn notify(
+    config: tokio_postgres::Config,
+    channel: String,
+    announce: Arc<tokio::sync::Notify>,
+) {
+    let sql = format!("NOTIFY {channel}");
+    loop {
+        let Ok((client, connection)) = config.connect(NoTls).await else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        let driver = tokio::spawn(connection);
+        loop {
+            announce.notified().await;
+            if client.batch_execute(&sql).await.is_err() {
+                break;
+            }
+            // Appends during this pause share the next notification.
+            tokio::time::sleep(NOTIFY_COALESCE).await;
+        }
+        driver.abort();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// Keeps a `LISTEN` connection open and bumps `wake` on every notification (and on every
 /// reconnect, since notifications may have been missed meanwhile).
-async fn listen(config: tokio_postgres::Config, channel: String, wake: watch::Sender<u64>) {
+async fn listen(config: tokio_postgres::Config, channel: String, wake: Arc<watch::Sender<u64>>) {
     loop {
         if let Ok((client, mut connection)) = config.connect(NoTls).await {
             let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
@@ -688,7 +738,9 @@ impl EventStore for PostgresStore {
     async fn append(&self, writes: Vec<StreamWrite>) -> Result<AppendResult, StoreError> {
         validate_append(&writes)?;
         let client = self.client().await?;
-        self.append_on(&client, writes).await
+        let result = self.append_on(&client, writes).await?;
+        self.announce();
+        Ok(result)
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {

@@ -6,8 +6,8 @@ use tokio_postgres::Client;
 
 use crate::pg_error;
 
-/// Each entry moves a schema one version forward; `{s}` is the quoted schema name and
-/// `{channel}` the notification channel. Never edit an entry once released: add a new one.
+/// Each entry moves a schema one version forward; `{s}` is the quoted schema name. Never edit an
+/// entry once released: add a new one.
 const MIGRATIONS: &[&str] = &[
     // 1: streams (one row per stream, locked by appends), the log, and the append function.
     r#"
@@ -35,9 +35,10 @@ CREATE TABLE {s}.events (
 -- (transaction id << 20) + p_offset + the event's index in the request, so they increase in
 -- transaction-id order, and readers that stop below pg_snapshot_xmin << 20 never see a position
 -- appear below one they have read. Stream rows are locked in name order (no deadlocks) and every
--- expectation is checked before anything is inserted; a failed expectation raises SR001 with
--- "<write index>:<version>" as its detail. Returns the position base and, per write, the stream
--- version before it.
+-- expectation is checked before any event is inserted; a failed expectation raises SR001 with
+-- "<write index>:<version>" as its detail, rolling everything back. Returns the position base
+-- and, per write, the stream version before it. It does not NOTIFY: a notifying transaction
+-- takes a global lock at commit, which would serialize every append's commit.
 CREATE FUNCTION {s}.append(
     p_streams text[], p_kinds smallint[], p_expected bigint[], p_counts bigint[],
     p_write integer[], p_index bigint[],
@@ -58,9 +59,19 @@ BEGIN
     base := (xid << 20) + p_offset;
     firsts := array_fill(0::bigint, ARRAY[n]);
     FOR i IN SELECT t.ord FROM unnest(p_streams) WITH ORDINALITY AS t(name, ord) ORDER BY t.name LOOP
-        INSERT INTO {s}.streams (stream_id, version) VALUES (p_streams[i], 0)
-            ON CONFLICT (stream_id) DO NOTHING;
-        SELECT s.version INTO cur FROM {s}.streams s WHERE s.stream_id = p_streams[i] FOR UPDATE;
+        -- One statement locks the stream's row and moves its version; a new stream is
+        -- created (racing creators meet on the primary key and retry the update).
+        LOOP
+            UPDATE {s}.streams SET version = version + p_counts[i]
+                WHERE stream_id = p_streams[i] RETURNING version - p_counts[i] INTO cur;
+            EXIT WHEN FOUND;
+            INSERT INTO {s}.streams (stream_id, version) VALUES (p_streams[i], p_counts[i])
+                ON CONFLICT (stream_id) DO NOTHING;
+            IF FOUND THEN
+                cur := 0;
+                EXIT;
+            END IF;
+        END LOOP;
         ok := CASE p_kinds[i]
             WHEN 0 THEN true
             WHEN 1 THEN cur = 0
@@ -72,9 +83,6 @@ BEGIN
                 DETAIL = i::text || ':' || cur::text;
         END IF;
         firsts[i] := cur;
-        IF p_counts[i] > 0 THEN
-            UPDATE {s}.streams SET version = cur + p_counts[i] WHERE stream_id = p_streams[i];
-        END IF;
     END LOOP;
     -- p_write[k] is the write of event k, p_index[k] its index within that write.
     INSERT INTO {s}.events (position, stream_id, revision, event_id, event_type, schema_version,
@@ -83,9 +91,6 @@ BEGIN
            e.js, e.bs, e.md
     FROM unnest(p_write, p_index, p_ids, p_types, p_versions, p_content_types, p_json, p_bytes,
                 p_metadata) WITH ORDINALITY AS e(w, ix, id, ty, ver, ct, js, bs, md, ord);
-    IF array_length(p_ids, 1) > 0 THEN
-        PERFORM pg_notify('{channel}', '');
-    END IF;
 END
 $fn$;
 "#,
@@ -100,11 +105,7 @@ pub(crate) const SCHEMA_VERSION: i32 = {
 
 /// Creates `schema` if needed and brings it to [`SCHEMA_VERSION`], holding an advisory lock so
 /// that concurrent starts migrate once. A schema from a newer Sirenia is refused.
-pub(crate) async fn migrate(
-    client: &mut Client,
-    schema: &str,
-    channel: &str,
-) -> Result<(), StoreError> {
+pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<(), StoreError> {
     let quoted = quote(schema);
     let tx = client.transaction().await.map_err(pg_error)?;
     tx.execute(
@@ -134,9 +135,7 @@ pub(crate) async fn migrate(
         });
     }
     for migration in &MIGRATIONS[usize::try_from(found).unwrap_or(0)..] {
-        let sql = migration
-            .replace("{s}", &quoted)
-            .replace("{channel}", channel);
+        let sql = migration.replace("{s}", &quoted);
         tx.batch_execute(&sql).await.map_err(pg_error)?;
     }
     if found != SCHEMA_VERSION {

@@ -1,0 +1,315 @@
+//! The PostgreSQL store against plain tokio-postgres (a prepared single-row `INSERT` of the same
+//! row shape, and a multi-row batch) and pgbench where installed, in the same run.
+
+use std::error::Error;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sirenia_core::{EventStore, ExpectedVersion, NewEvent, StreamId, StreamWrite, Uuid};
+use sirenia_postgres::{PostgresOptions, PostgresStore};
+use tokio_postgres::NoTls;
+
+use crate::Scale;
+use crate::report::{Goal, Measurement, Row, histogram, peak_rss, reset_peak_rss};
+
+type BenchResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
+
+fn url() -> String {
+    std::env::var("SIRENIA_BENCH_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+const PAYLOAD: &str = r#"{"account":"acc-0001","amount":1250,"currency":"EUR","note":"benchmark"}"#;
+
+/// The same row shape as the store's events table, for the raw baseline.
+fn raw_schema(schema: &str) -> String {
+    format!(
+        "CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.events (
+            position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            stream_id text NOT NULL, revision bigint NOT NULL, event_id uuid NOT NULL,
+            event_type text NOT NULL, schema_version integer NOT NULL,
+            content_type text NOT NULL, data jsonb, data_bytes bytea, metadata jsonb,
+            recorded_at timestamptz NOT NULL DEFAULT statement_timestamp(),
+            UNIQUE (stream_id, revision), UNIQUE (event_id));"
+    )
+}
+
+async fn connect() -> BenchResult<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(&url(), NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// Plain tokio-postgres: `connections` clients each inserting `batch` rows per statement
+/// (autocommit) for `duration`.
+async fn raw_inserts(
+    schema: &str,
+    connections: usize,
+    batch: usize,
+    duration: Duration,
+) -> BenchResult<Measurement> {
+    let mut values = String::new();
+    for r in 0..batch {
+        let b = r * 4;
+        if r > 0 {
+            values.push_str(", ");
+        }
+        // The payload is bound and parsed per row, as the store must.
+        values.push_str(&format!(
+            "(${}, ${}, ${}, 'MoneyDeposited', 1, 'application/json', ${}::text::jsonb)",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4
+        ));
+    }
+    let sql = Arc::new(format!(
+        "INSERT INTO {schema}.events (stream_id, revision, event_id, event_type, schema_version, \
+         content_type, data) VALUES {values}"
+    ));
+    reset_peak_rss();
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let sql = sql.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = connect().await?;
+            let statement = client.prepare(&sql).await?;
+            let mut latency = histogram();
+            let (mut events, mut revision) = (0u64, 0i64);
+            let stream = format!("raw{c}-{}", Uuid::now_v7().simple());
+            let payload = PAYLOAD.to_owned();
+            while Instant::now() < deadline {
+                let ids: Vec<Uuid> = (0..batch).map(|_| Uuid::now_v7()).collect();
+                let revisions: Vec<i64> = (0..batch as i64).map(|i| revision + i).collect();
+                let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
+                for r in 0..batch {
+                    params.push(&stream);
+                    params.push(&revisions[r]);
+                    params.push(&ids[r]);
+                    params.push(&payload);
+                }
+                let t0 = Instant::now();
+                client.execute(&statement, &params).await?;
+                latency.record(u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX))?;
+                revision += batch as i64;
+                events += batch as u64;
+            }
+            BenchResult::Ok((events, latency))
+        }));
+    }
+    let mut latency = histogram();
+    let mut events = 0;
+    for t in tasks {
+        let (n, h) = t.await??;
+        events += n;
+        latency.add(&h)?;
+    }
+    Ok(Measurement {
+        events,
+        elapsed: start.elapsed(),
+        latency: Some(latency),
+        peak_rss: peak_rss(),
+    })
+}
+
+/// Sirenia: `writers` tasks appending `batch`-event appends to streams of their own.
+async fn sirenia_appends(
+    store: &PostgresStore,
+    writers: usize,
+    batch: usize,
+    duration: Duration,
+) -> BenchResult<Measurement> {
+    let template = NewEvent::json("MoneyDeposited", &serde_json::from_str(PAYLOAD)?);
+    reset_peak_rss();
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (store, template) = (store.clone(), template.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latency = histogram();
+            let (mut events, mut i) = (0u64, 0u64);
+            while Instant::now() < deadline {
+                let stream = StreamId::new(format!("bench{w}-{}", i % 100))?;
+                let batch: Vec<NewEvent> = (0..batch)
+                    .map(|_| template.clone().with_id(sirenia_core::EventId::new()))
+                    .collect();
+                let n = batch.len() as u64;
+                let t0 = Instant::now();
+                store
+                    .append(vec![StreamWrite::new(stream, ExpectedVersion::Any, batch)])
+                    .await?;
+                latency.record(u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX))?;
+                events += n;
+                i += 1;
+            }
+            BenchResult::Ok((events, latency))
+        }));
+    }
+    let mut latency = histogram();
+    let mut events = 0;
+    for t in tasks {
+        let (n, h) = t.await??;
+        events += n;
+        latency.add(&h)?;
+    }
+    Ok(Measurement {
+        events,
+        elapsed: start.elapsed(),
+        latency: Some(latency),
+        peak_rss: peak_rss(),
+    })
+}
+
+/// pgbench running the raw single-row INSERT, if pgbench is installed: transactions/s.
+fn pgbench(schema: &str, clients: usize, duration: Duration) -> Option<f64> {
+    let script = std::env::temp_dir().join(format!("sirenia-pgbench-{}.sql", std::process::id()));
+    let sql = format!(
+        "INSERT INTO {schema}.events (stream_id, revision, event_id, event_type, schema_version, \
+         content_type, data) VALUES ('pgbench-' || :client_id, nextval('{schema}.pgbench_rev'), \
+         gen_random_uuid(), 'MoneyDeposited', 1, 'application/json', '{PAYLOAD}'::jsonb);\n"
+    );
+    std::fs::write(&script, sql).ok()?;
+    let config: tokio_postgres::Config = url().parse().ok()?;
+    let output = std::process::Command::new("pgbench")
+        .args(["-n", "-M", "prepared", "-h", "127.0.0.1"])
+        .args([
+            "-p",
+            &config
+                .get_ports()
+                .first()
+                .copied()
+                .unwrap_or(5432)
+                .to_string(),
+        ])
+        .args(["-U", config.get_user().unwrap_or("postgres")])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.min(2).to_string(),
+        ])
+        .args(["-T", &duration.as_secs().max(1).to_string(), "-f"])
+        .arg(&script)
+        .arg(config.get_dbname().unwrap_or("test"))
+        .output()
+        .ok()?;
+    let _ = std::fs::remove_file(&script);
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+}
+
+fn row(
+    scenario: &str,
+    subject: &str,
+    m: Measurement,
+    base: Option<(&str, f64)>,
+    goal: Option<Goal>,
+) -> Row {
+    Row {
+        scenario: scenario.to_owned(),
+        subject: subject.to_owned(),
+        measurement: m,
+        baseline: base.map(|(n, r)| (n.to_owned(), r)),
+        goal,
+    }
+}
+
+pub(crate) async fn run(
+    scale: Scale,
+    keep: &dyn Fn(&str) -> bool,
+    rows: &mut Vec<Row>,
+) -> BenchResult<()> {
+    if !keep("S1 postgres") && !keep("S2 postgres") {
+        return Ok(());
+    }
+    let id = Uuid::now_v7().simple().to_string();
+    let raw = format!("bench_raw_{id}");
+    let ours = format!("bench_sirenia_{id}");
+    let admin = connect().await?;
+    admin.batch_execute(&raw_schema(&raw)).await?;
+    admin
+        .batch_execute(&format!("CREATE SEQUENCE {raw}.pgbench_rev"))
+        .await?;
+    let options = PostgresOptions {
+        schema: ours.clone(),
+        pool_size: 8,
+        ..PostgresOptions::default()
+    };
+    let store = PostgresStore::connect_with(&url(), options).await?;
+    let result = async {
+        if keep("S1 postgres") {
+            for connections in [1usize, 8] {
+                let scenario = "S1 postgres single-event appends";
+                let m = raw_inserts(&raw, connections, 1, scale.duration).await?;
+                let raw_rate = m.rate();
+                rows.push(row(
+                    scenario,
+                    &format!("raw prepared INSERT, {connections} connection(s)"),
+                    m,
+                    None,
+                    None,
+                ));
+                if let Some(tps) = pgbench(&raw, connections, scale.duration) {
+                    rows.push(row(
+                        scenario,
+                        &format!("pgbench INSERT, {connections} client(s)"),
+                        Measurement {
+                            // A rate far below u64::MAX, reported over one second.
+                            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                            events: tps.round() as u64,
+                            elapsed: Duration::from_secs(1),
+                            latency: None,
+                            peak_rss: None,
+                        },
+                        Some(("raw INSERT", raw_rate)),
+                        None,
+                    ));
+                }
+                let m = sirenia_appends(&store, connections, 1, scale.duration).await?;
+                let goal = Goal::Ratio(if connections == 1 { 0.9 } else { 0.8 });
+                rows.push(row(
+                    scenario,
+                    &format!("sirenia, {connections} writer(s)"),
+                    m,
+                    Some(("raw INSERT", raw_rate)),
+                    Some(goal),
+                ));
+            }
+        }
+        if keep("S2 postgres") {
+            let scenario = "S2 postgres 100-event batches, one connection";
+            let m = raw_inserts(&raw, 1, 100, scale.duration).await?;
+            let raw_rate = m.rate();
+            rows.push(row(
+                scenario,
+                "raw multi-row INSERT, 100 rows",
+                m,
+                None,
+                None,
+            ));
+            let m = sirenia_appends(&store, 1, 100, scale.duration).await?;
+            rows.push(row(
+                scenario,
+                "sirenia, 100 events/append",
+                m,
+                Some(("raw INSERT", raw_rate)),
+                Some(Goal::Rate(50_000.0)),
+            ));
+        }
+        BenchResult::Ok(())
+    }
+    .await;
+    admin
+        .batch_execute(&format!(
+            "DROP SCHEMA {raw} CASCADE; DROP SCHEMA \"{ours}\" CASCADE"
+        ))
+        .await?;
+    result
+}
