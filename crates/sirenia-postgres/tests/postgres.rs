@@ -140,6 +140,9 @@ async fn subscribers_see_every_committed_event_once_and_in_order() {
     }
 }
 
+/// The bytes that identify the message to cut: the appended stream's name.
+const CUT_MARKER: &[u8] = b"order-1";
+
 /// Forwards one connection, optionally cutting it right after the server has received (and
 /// had time to commit) the next client message.
 async fn pump(client: TcpStream, upstream: String, cut: Arc<AtomicBool>) {
@@ -160,7 +163,12 @@ async fn pump(client: TcpStream, upstream: String, cut: Arc<AtomicBool>) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            let cutting = cut.swap(false, Ordering::SeqCst);
+            // Only the append itself (its parameters name the stream) is cut; the store's
+            // listening and notifying connections go through this proxy too.
+            let carries_append = buffer[..n]
+                .windows(CUT_MARKER.len())
+                .any(|w| w == CUT_MARKER);
+            let cutting = carries_append && cut.swap(false, Ordering::SeqCst);
             if cutting {
                 severed_for_up.store(true, Ordering::SeqCst);
             }

@@ -11,6 +11,7 @@
 //! | feature   | what it adds |
 //! |-----------|--------------|
 //! | `sqlite`  | `sirenia::sqlite` and `SqliteStore`: the embedded single-file store (the default choice) |
+//! | `postgres` | `sirenia::postgres` and `PostgresStore`: many application instances on one PostgreSQL |
 //! | `testkit` | `sirenia::testkit`: the store conformance suite and given/when/then fixtures |
 //!
 //! ```
@@ -58,6 +59,12 @@ pub use sirenia_core::*;
 pub use sirenia_sqlite as sqlite;
 #[cfg(feature = "sqlite")]
 pub use sirenia_sqlite::SqliteStore;
+
+/// The PostgreSQL store.
+#[cfg(feature = "postgres")]
+pub use sirenia_postgres as postgres;
+#[cfg(feature = "postgres")]
+pub use sirenia_postgres::PostgresStore;
 
 /// The store conformance suite and given/when/then fixtures.
 #[cfg(feature = "testkit")]
