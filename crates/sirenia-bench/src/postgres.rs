@@ -1,7 +1,6 @@
 //! The PostgreSQL store against plain tokio-postgres (a prepared single-row `INSERT` of the same
 //! row shape, and a multi-row batch) and pgbench where installed, in the same run.
 
-use std::error::Error;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,9 +9,9 @@ use sirenia_postgres::{PostgresOptions, PostgresStore};
 use tokio_postgres::NoTls;
 
 use crate::Scale;
-use crate::report::{Goal, Measurement, Row, histogram, peak_rss, reset_peak_rss};
-
-type BenchResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
+use crate::report::{
+    BenchResult, Goal, Measurement, Row, collect, histogram, record, reset_peak_rss,
+};
 
 fn url() -> String {
     std::env::var("SIRENIA_BENCH_POSTGRES_URL")
@@ -71,7 +70,7 @@ async fn raw_inserts(
     reset_peak_rss();
     let start = Instant::now();
     let deadline = start + duration;
-    let mut tasks = Vec::new();
+    let mut tasks: Vec<tokio::task::JoinHandle<crate::report::TaskResult>> = Vec::new();
     for c in 0..connections {
         let sql = sql.clone();
         tasks.push(tokio::spawn(async move {
@@ -93,26 +92,14 @@ async fn raw_inserts(
                 }
                 let t0 = Instant::now();
                 client.execute(&statement, &params).await?;
-                latency.record(u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX))?;
+                record(&mut latency, t0)?;
                 revision += batch as i64;
                 events += batch as u64;
             }
-            BenchResult::Ok((events, latency))
+            Ok((events, latency))
         }));
     }
-    let mut latency = histogram();
-    let mut events = 0;
-    for t in tasks {
-        let (n, h) = t.await??;
-        events += n;
-        latency.add(&h)?;
-    }
-    Ok(Measurement {
-        events,
-        elapsed: start.elapsed(),
-        latency: Some(latency),
-        peak_rss: peak_rss(),
-    })
+    collect(start, tasks).await
 }
 
 /// Sirenia: `writers` tasks appending `batch`-event appends to streams of their own.
@@ -126,7 +113,7 @@ async fn sirenia_appends(
     reset_peak_rss();
     let start = Instant::now();
     let deadline = start + duration;
-    let mut tasks = Vec::new();
+    let mut tasks: Vec<tokio::task::JoinHandle<crate::report::TaskResult>> = Vec::new();
     for w in 0..writers {
         let (store, template) = (store.clone(), template.clone());
         tasks.push(tokio::spawn(async move {
@@ -142,26 +129,14 @@ async fn sirenia_appends(
                 store
                     .append(vec![StreamWrite::new(stream, ExpectedVersion::Any, batch)])
                     .await?;
-                latency.record(u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX))?;
+                record(&mut latency, t0)?;
                 events += n;
                 i += 1;
             }
-            BenchResult::Ok((events, latency))
+            Ok((events, latency))
         }));
     }
-    let mut latency = histogram();
-    let mut events = 0;
-    for t in tasks {
-        let (n, h) = t.await??;
-        events += n;
-        latency.add(&h)?;
-    }
-    Ok(Measurement {
-        events,
-        elapsed: start.elapsed(),
-        latency: Some(latency),
-        peak_rss: peak_rss(),
-    })
+    collect(start, tasks).await
 }
 
 /// pgbench running the raw single-row INSERT, if pgbench is installed: transactions/s.

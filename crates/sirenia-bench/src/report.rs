@@ -1,8 +1,41 @@
 //! Measurements and the markdown table.
 
-use std::time::Duration;
+use std::error::Error;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+
+/// What a scenario returns.
+pub(crate) type BenchResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
+
+/// What one timed task measured: events written and per-operation latency.
+pub(crate) type TaskResult = BenchResult<(u64, Histogram<u64>)>;
+
+/// Records the time since `since` in `latency`, in microseconds.
+pub(crate) fn record(latency: &mut Histogram<u64>, since: Instant) -> BenchResult<()> {
+    latency.record(u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX))?;
+    Ok(())
+}
+
+/// Waits for timed tasks started at `start` and merges what they measured.
+pub(crate) async fn collect(
+    start: Instant,
+    tasks: Vec<tokio::task::JoinHandle<TaskResult>>,
+) -> BenchResult<Measurement> {
+    let mut latency = histogram();
+    let mut events = 0;
+    for task in tasks {
+        let (n, h) = task.await??;
+        events += n;
+        latency.add(&h)?;
+    }
+    Ok(Measurement {
+        events,
+        elapsed: start.elapsed(),
+        latency: Some(latency),
+        peak_rss: peak_rss(),
+    })
+}
 
 /// One measured run of one subject (Sirenia, a baseline) in one scenario.
 #[derive(Debug)]

@@ -1,7 +1,6 @@
 //! The embedded store against plain SQLite (rusqlite, same row shape, same indexes, WAL with
 //! `synchronous=FULL`), measured in the same run.
 
-use std::error::Error;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,9 +13,9 @@ use sirenia_core::{
 use sirenia_sqlite::SqliteStore;
 
 use crate::Scale;
-use crate::report::{Goal, Measurement, Row, histogram, peak_rss, reset_peak_rss};
-
-type BenchResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
+use crate::report::{
+    BenchResult, Goal, Measurement, Row, collect, histogram, peak_rss, record, reset_peak_rss,
+};
 
 /// The payload every scenario writes: Sirenia and the baselines store the same bytes.
 fn payload() -> serde_json::Value {
@@ -81,7 +80,7 @@ fn raw_writes(path: &Path, batch: u64, duration: Duration) -> BenchResult<Measur
             }
         }
         conn.execute_batch("COMMIT")?;
-        latency.record(u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX))?;
+        record(&mut latency, t0)?;
         events += batch;
     }
     Ok(Measurement {
@@ -103,7 +102,7 @@ async fn sirenia_writes(
     reset_peak_rss();
     let start = Instant::now();
     let deadline = start + duration;
-    let mut tasks = Vec::new();
+    let mut tasks: Vec<tokio::task::JoinHandle<crate::report::TaskResult>> = Vec::new();
     for w in 0..writers {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
@@ -119,26 +118,14 @@ async fn sirenia_writes(
                 store
                     .append(vec![StreamWrite::new(stream, ExpectedVersion::Any, batch)])
                     .await?;
-                latency.record(u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX))?;
+                record(&mut latency, t0)?;
                 events += n;
                 i += 1;
             }
-            BenchResult::Ok((events, latency))
+            Ok((events, latency))
         }));
     }
-    let mut latency = histogram();
-    let mut events = 0;
-    for t in tasks {
-        let (n, h) = t.await??;
-        events += n;
-        latency.add(&h)?;
-    }
-    Ok(Measurement {
-        events,
-        elapsed: start.elapsed(),
-        latency: Some(latency),
-        peak_rss: peak_rss(),
-    })
+    collect(start, tasks).await
 }
 
 /// Plain SQLite reading every row into owned values, as a store must.
