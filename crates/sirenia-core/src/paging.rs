@@ -59,6 +59,8 @@ pub(crate) struct Paged<P: PageSource> {
     buffer: std::vec::IntoIter<RecordedEvent>,
     /// No page will follow the ones already received.
     at_end: bool,
+    /// A fetch failed: reported once the events fetched before it are delivered.
+    error: Option<StoreError>,
     failed: bool,
 }
 
@@ -75,6 +77,7 @@ impl<P: PageSource> Paged<P> {
             ready: VecDeque::new(),
             buffer: Vec::new().into_iter(),
             at_end: false,
+            error: None,
             failed: false,
         }
     }
@@ -148,8 +151,13 @@ impl<P: PageSource> Stream for Paged<P> {
                         this.fill();
                     }
                     Poll::Ready(Some(Err(e))) => {
-                        this.failed = true;
-                        return Poll::Ready(Some(Err(e)));
+                        // Nothing after the failed page is delivered; what came before is.
+                        this.error = Some(e);
+                        this.at_end = true;
+                        this.next_request = None;
+                        this.in_flight = FuturesOrdered::new();
+                        this.in_flight_events = 0;
+                        break;
                     }
                     Poll::Ready(None) | Poll::Pending => break,
                 }
@@ -161,6 +169,10 @@ impl<P: PageSource> Stream for Paged<P> {
             if let Some(page) = this.ready.pop_front() {
                 this.buffer = page.events.into_iter();
                 continue;
+            }
+            if let Some(e) = this.error.take() {
+                this.failed = true;
+                return Poll::Ready(Some(Err(e)));
             }
             if this.in_flight.is_empty() && (this.at_end || this.next_request.is_none()) {
                 return Poll::Ready(None);

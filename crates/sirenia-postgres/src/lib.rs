@@ -141,7 +141,7 @@ impl Sql {
         Sql {
             append: format!(
                 "SELECT base, firsts FROM {s}.append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-                 $11::text[]::jsonb[], $12, $13::text[]::jsonb[], $14)"
+                 $11::text[]::jsonb[], $12, $13::text[]::jsonb[])"
             ),
             by_id: format!("{select} WHERE event_id = $1"),
             by_ids: format!("{select} WHERE event_id = ANY($1)"),
@@ -214,7 +214,8 @@ fn storable_json<'a>(content_type: &str, data: &'a [u8]) -> Option<&'a str> {
     if text.contains("\\u0000") {
         return None;
     }
-    serde_json::from_str::<serde::de::IgnoredAny>(text).ok()?;
+    // A full parse: it refuses what jsonb refuses too (lone surrogates, out-of-range numbers).
+    serde_json::from_str::<serde_json::Value>(text).ok()?;
     Some(text)
 }
 
@@ -247,6 +248,14 @@ fn decode(row: &Row) -> Result<RecordedEvent, StoreError> {
         },
         recorded_at: Timestamp::from_system_time(recorded_at),
     })
+}
+
+/// Whether calls of the append function need a savepoint (inside a caller's transaction, a
+/// failed statement would abort the whole transaction).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Guard {
+    None,
+    Savepoint,
 }
 
 /// Why the append function did not append.
@@ -353,17 +362,33 @@ impl PostgresStore {
         writes: Vec<StreamWrite>,
     ) -> Result<AppendResult, StoreError> {
         validate_append(&writes)?;
-        let savepoint = tx.savepoint("sirenia_append").await.map_err(pg_error)?;
-        match self.append_on(&savepoint, writes).await {
-            Ok(result) => {
-                savepoint.commit().await.map_err(pg_error)?;
-                Ok(result)
-            }
-            Err(e) => {
-                savepoint.rollback().await.map_err(pg_error)?;
-                Err(e)
-            }
+        self.append_on(&*tx, writes, Guard::Savepoint).await
+    }
+
+    /// One call of the append function. Inside a caller's transaction it runs under a
+    /// savepoint, so a refused call leaves the transaction usable for the fallback and after.
+    async fn guarded_call(
+        &self,
+        client: &impl GenericClient,
+        writes: &[&StreamWrite],
+        guard: Guard,
+    ) -> Result<AppendResult, CallError> {
+        if guard == Guard::None {
+            return self.call(client, writes).await;
         }
+        let store = |e| CallError::Store(pg_error(e));
+        client
+            .batch_execute("SAVEPOINT sirenia_append")
+            .await
+            .map_err(store)?;
+        let result = self.call(client, writes).await;
+        let end = if result.is_ok() {
+            "RELEASE SAVEPOINT sirenia_append"
+        } else {
+            "ROLLBACK TO SAVEPOINT sirenia_append; RELEASE SAVEPOINT sirenia_append"
+        };
+        client.batch_execute(end).await.map_err(store)?;
+        result
     }
 
     async fn call(
@@ -431,7 +456,6 @@ impl PostgresStore {
             .prepare_cached(&self.shared.sql.append)
             .await
             .map_err(|e| CallError::Store(pg_error(e)))?;
-        let offset = 0i64;
         let row = client
             .query_one(
                 &statement,
@@ -449,7 +473,6 @@ impl PostgresStore {
                     &json,
                     &raw,
                     &metadata,
-                    &offset,
                 ],
             )
             .await;
@@ -483,9 +506,10 @@ impl PostgresStore {
         &self,
         client: &impl GenericClient,
         writes: Vec<StreamWrite>,
+        guard: Guard,
     ) -> Result<AppendResult, StoreError> {
         let all: Vec<&StreamWrite> = writes.iter().collect();
-        match self.call(client, &all).await {
+        match self.guarded_call(client, &all, guard).await {
             Ok(result) => return Ok(result),
             Err(CallError::Store(e)) => return Err(e),
             Err(CallError::Conflict { .. } | CallError::DuplicateId) => {}
@@ -555,7 +579,7 @@ impl PostgresStore {
                     streams: outcome.into_iter().flatten().collect(),
                 });
             }
-            match self.call(client, &new).await {
+            match self.guarded_call(client, &new, guard).await {
                 Ok(result) => {
                     let mut appended = result.streams.into_iter();
                     let streams = outcome
@@ -738,7 +762,7 @@ impl EventStore for PostgresStore {
     async fn append(&self, writes: Vec<StreamWrite>) -> Result<AppendResult, StoreError> {
         validate_append(&writes)?;
         let client = self.client().await?;
-        let result = self.append_on(&client, writes).await?;
+        let result = self.append_on(&client, writes, Guard::None).await?;
         self.announce();
         Ok(result)
     }

@@ -32,7 +32,7 @@ CREATE TABLE {s}.events (
     CONSTRAINT events_one_payload CHECK ((data IS NULL) <> (data_bytes IS NULL))
 );
 -- Appends the writes of one request, all or nothing. Positions are
--- (transaction id << 20) + p_offset + the event's index in the request, so they increase in
+-- (transaction id << 20) + the event's index among the transaction's appends, so they increase in
 -- transaction-id order, and readers that stop below pg_snapshot_xmin << 20 never see a position
 -- appear below one they have read. Stream rows are locked in name order (no deadlocks) and every
 -- expectation is checked before any event is inserted; a failed expectation raises SR001 with
@@ -43,7 +43,7 @@ CREATE FUNCTION {s}.append(
     p_streams text[], p_kinds smallint[], p_expected bigint[], p_counts bigint[],
     p_write integer[], p_index bigint[],
     p_ids uuid[], p_types text[], p_versions integer[], p_content_types text[],
-    p_json jsonb[], p_bytes bytea[], p_metadata jsonb[], p_offset bigint,
+    p_json jsonb[], p_bytes bytea[], p_metadata jsonb[],
     OUT base bigint, OUT firsts bigint[])
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -56,7 +56,12 @@ BEGIN
     IF xid >= (1::bigint << 43) THEN
         RAISE EXCEPTION 'transaction id % is beyond what positions can encode', xid;
     END IF;
-    base := (xid << 20) + p_offset;
+    -- After whatever this transaction appended already (several appends may share it).
+    SELECT coalesce(max(e.position) + 1, xid << 20) INTO base FROM {s}.events e
+        WHERE e.position >= (xid << 20) AND e.position < ((xid + 1) << 20);
+    IF base + coalesce(array_length(p_ids, 1), 0) > ((xid + 1) << 20) THEN
+        RAISE EXCEPTION 'one transaction cannot append more than 2^20 events';
+    END IF;
     firsts := array_fill(0::bigint, ARRAY[n]);
     FOR i IN SELECT t.ord FROM unnest(p_streams) WITH ORDINALITY AS t(name, ord) ORDER BY t.name LOOP
         -- One statement locks the stream's row and moves its version; a new stream is

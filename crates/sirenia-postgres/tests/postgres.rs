@@ -385,3 +385,73 @@ async fn two_pools_running_one_command_flow_keep_revisions_contiguous() {
         .unwrap();
     assert_eq!(log.len() as u64, total);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_inside_a_transaction_share_it_and_refusals_leave_it_usable() {
+    let guarded = common::fresh_store().await;
+    let pg = guarded.store();
+    let (a, b) = (
+        StreamId::new("tx-a").unwrap(),
+        StreamId::new("tx-b").unwrap(),
+    );
+    let write = |s: &StreamId, expected, events: Vec<NewEvent>| {
+        vec![StreamWrite::new(s.clone(), expected, events)]
+    };
+    let e1 = NewEvent::json("One", &json!({ "n": 1 }));
+    let mut client = pg.client().await.unwrap();
+    let mut tx = client.transaction().await.unwrap();
+    let first = pg
+        .append_in_transaction(
+            &mut tx,
+            write(&a, ExpectedVersion::NoStream, vec![e1.clone()]),
+        )
+        .await
+        .unwrap();
+    let second = pg
+        .append_in_transaction(
+            &mut tx,
+            write(
+                &b,
+                ExpectedVersion::NoStream,
+                vec![
+                    NewEvent::json("Two", &json!({})),
+                    NewEvent::json("Three", &json!({})),
+                ],
+            ),
+        )
+        .await
+        .expect("a second append in the same transaction");
+    assert!(second.streams[0].first_position > first.streams[0].last_position);
+    match pg
+        .append_in_transaction(
+            &mut tx,
+            write(
+                &a,
+                ExpectedVersion::Exact(5),
+                vec![NewEvent::json("Stale", &json!({}))],
+            ),
+        )
+        .await
+    {
+        Err(StoreError::Conflict { actual, .. }) => assert_eq!(actual, Some(1)),
+        other => panic!("a stale expectation inside a transaction is a Conflict: {other:?}"),
+    }
+    let again = pg
+        .append_in_transaction(&mut tx, write(&a, ExpectedVersion::NoStream, vec![e1]))
+        .await
+        .expect("repeating an append inside the transaction is idempotent");
+    assert_eq!(again, first);
+    tx.commit().await.expect("the transaction is still usable");
+    pg.announce();
+    let log: Vec<_> = guarded
+        .read_all(ReadAll::forward())
+        .try_collect()
+        .await
+        .unwrap();
+    let types: Vec<&str> = log.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(
+        types,
+        vec!["One", "Two", "Three"],
+        "exactly the accepted appends, in order"
+    );
+}

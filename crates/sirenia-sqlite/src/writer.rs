@@ -273,12 +273,13 @@ impl Writer {
                 Err(original) => streams.push(original),
                 Ok(first_revision) => match self.insert(write, first_revision, now) {
                     Ok(appended) => streams.push(appended),
-                    Err(ApplyError::DuplicateId) => {
+                    // Undo what this append inserted before refusing it (or deciding again).
+                    Err(e @ (ApplyError::DuplicateId | ApplyError::Rejected(_))) => {
                         self.conn
                             .prepare_cached("DELETE FROM events WHERE position > ?1")?
                             .execute([to_i64(head_before)])?;
                         self.head = head_before;
-                        return Err(ApplyError::DuplicateId);
+                        return Err(e);
                     }
                     Err(e) => return Err(e),
                 },
