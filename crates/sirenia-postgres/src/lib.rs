@@ -125,6 +125,7 @@ struct Sql {
     version: String,
     versions: String,
     head: String,
+    head_below: String,
     bound: &'static str,
     committed: String,
     stream_forward: String,
@@ -152,6 +153,9 @@ impl Sql {
             head: format!(
                 "SELECT coalesce(max(position), 0) FROM {s}.events WHERE position < \
                  (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)"
+            ),
+            head_below: format!(
+                "SELECT coalesce(max(position), 0) FROM {s}.events WHERE position < $1"
             ),
             bound: "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20",
             committed: format!("SELECT coalesce(max(position), 0) FROM {s}.events"),
@@ -623,6 +627,24 @@ impl PostgresStore {
         rows.iter().map(decode).collect()
     }
 
+    /// The highest position below the current safe bound, without waiting for transactions in
+    /// flight: a subscription's cheap check whether to read again.
+    async fn safe_head(&self) -> Result<Position, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&self.shared.sql.head)
+            .await
+            .map_err(pg_error)?;
+        let head: i64 = client
+            .query_one(&statement, &[])
+            .await
+            .map_err(pg_error)?
+            .get(0);
+        u64::try_from(head)
+            .map(Position)
+            .map_err(|_| corrupt("position", head))
+    }
+
     /// The safe bound: every position below it is final. Waits (up to [`MAX_VISIBILITY_WAIT`])
     /// until it passes every position committed when the call began.
     async fn bound(&self) -> Result<u64, StoreError> {
@@ -654,6 +676,52 @@ impl PostgresStore {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(20));
         }
+    }
+
+    /// The position a filtered page's scan stops at (`sql` returns at most one position), if
+    /// the log reaches that far.
+    async fn scan_window(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<i64>, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
+        Ok(client
+            .query_opt(&statement, params)
+            .await
+            .map_err(pg_error)?
+            .map(|r| r.get(0)))
+    }
+
+    /// At most `max` events accepted by `filter` with positions from `low` to `high`
+    /// (inclusive), in `direction`.
+    async fn range(
+        &self,
+        low: i64,
+        high: i64,
+        direction: Direction,
+        filter: &EventFilter,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let max = to_i64(max as u64);
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&low, &high, &max];
+        if !filter.categories.is_empty() {
+            params.push(&filter.categories);
+        }
+        if !filter.event_types.is_empty() {
+            params.push(&filter.event_types);
+        }
+        let order = match direction {
+            Direction::Forward => "",
+            Direction::Backward => " DESC",
+        };
+        let sql = format!(
+            "{} WHERE position >= $1 AND position <= $2{} ORDER BY position{order} LIMIT $3",
+            self.shared.sql.select,
+            Self::filter_sql(filter, 4)
+        );
+        self.query(&sql, &params).await
     }
 
     /// The filter's conditions, with parameters numbered from `next`.
@@ -793,13 +861,16 @@ impl EventStore for PostgresStore {
     }
 
     async fn head_position(&self) -> Result<Position, StoreError> {
+        // The same settled bound as log reads: the head covers what was committed before the
+        // call (read-your-writes), and nothing below it can still appear.
+        let bound = to_i64(self.bound().await?);
         let client = self.client().await?;
         let statement = client
-            .prepare_cached(&self.shared.sql.head)
+            .prepare_cached(&self.shared.sql.head_below)
             .await
             .map_err(pg_error)?;
         let head: i64 = client
-            .query_one(&statement, &[])
+            .query_one(&statement, &[&bound])
             .await
             .map_err(pg_error)?
             .get(0);
@@ -832,11 +903,7 @@ impl EventStore for PostgresStore {
     ) -> Result<AllPage, StoreError> {
         // Everything below the bound is final: no event can appear there later.
         let bound = self.bound().await?;
-        let select = &self.shared.sql.select;
         let s = schema::quote(&self.shared.schema);
-        let categories = &filter.categories;
-        let types = &filter.event_types;
-        let max_i = to_i64(max as u64);
         let scan = MAX_SCAN_PER_PAGE as i64 - 1;
         match direction {
             Direction::Forward => {
@@ -852,35 +919,17 @@ impl EventStore for PostgresStore {
                 let window_end: Option<i64> = if filter.is_all() {
                     None
                 } else {
-                    let client = self.client().await?;
                     let sql = format!(
                         "SELECT position FROM {s}.events WHERE position >= $1 AND position < $2 \
                          ORDER BY position OFFSET $3 LIMIT 1"
                     );
-                    let statement = client.prepare_cached(&sql).await.map_err(pg_error)?;
-                    client
-                        .query_opt(&statement, &[&to_i64(start), &to_i64(bound), &scan])
-                        .await
-                        .map_err(pg_error)?
-                        .map(|r| r.get(0))
+                    self.scan_window(&sql, &[&to_i64(start), &to_i64(bound), &scan])
+                        .await?
                 };
                 let last = window_end.unwrap_or(to_i64(bound) - 1);
-                let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
-                let start_i = to_i64(start);
-                params.push(&start_i);
-                params.push(&last);
-                params.push(&max_i);
-                if !categories.is_empty() {
-                    params.push(categories);
-                }
-                if !types.is_empty() {
-                    params.push(types);
-                }
-                let sql = format!(
-                    "{select} WHERE position >= $1 AND position <= $2{} ORDER BY position LIMIT $3",
-                    Self::filter_sql(filter, 4)
-                );
-                let events = self.query(&sql, &params).await?;
+                let events = self
+                    .range(to_i64(start), last, Direction::Forward, filter, max)
+                    .await?;
                 let full = events.len() == max;
                 let next = match events.last() {
                     Some(e) if full => e.position.get() + 1,
@@ -904,35 +953,16 @@ impl EventStore for PostgresStore {
                 let window_low: Option<i64> = if filter.is_all() {
                     None
                 } else {
-                    let client = self.client().await?;
                     let sql = format!(
                         "SELECT position FROM {s}.events WHERE position <= $1 \
                          ORDER BY position DESC OFFSET $2 LIMIT 1"
                     );
-                    let statement = client.prepare_cached(&sql).await.map_err(pg_error)?;
-                    client
-                        .query_opt(&statement, &[&to_i64(top), &scan])
-                        .await
-                        .map_err(pg_error)?
-                        .map(|r| r.get(0))
+                    self.scan_window(&sql, &[&to_i64(top), &scan]).await?
                 };
                 let low = window_low.unwrap_or(1);
-                let top_i = to_i64(top);
-                let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
-                params.push(&top_i);
-                params.push(&low);
-                params.push(&max_i);
-                if !categories.is_empty() {
-                    params.push(categories);
-                }
-                if !types.is_empty() {
-                    params.push(types);
-                }
-                let sql = format!(
-                    "{select} WHERE position <= $1 AND position >= $2{} ORDER BY position DESC LIMIT $3",
-                    Self::filter_sql(filter, 4)
-                );
-                let events = self.query(&sql, &params).await?;
+                let events = self
+                    .range(low, to_i64(top), Direction::Backward, filter, max)
+                    .await?;
                 let full = events.len() == max;
                 let next = match events.last() {
                     Some(e) if full => e.position.get() - 1,
@@ -949,7 +979,7 @@ impl EventStore for PostgresStore {
 
     async fn wait_for_events(&self, from: Position) -> Result<(), StoreError> {
         let mut wake = self.shared.wake.clone();
-        if self.head_position().await? >= from {
+        if self.safe_head().await? >= from {
             return Ok(());
         }
         tokio::select! {
