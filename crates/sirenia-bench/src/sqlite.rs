@@ -290,7 +290,7 @@ pub(crate) async fn run(
                 None,
                 None,
             ));
-            for writers in [1usize, 4] {
+            for writers in [1usize, 4, 8] {
                 let store = SqliteStore::open(fresh("s2")).await?;
                 let m = sirenia_writes(&store, writers, usize::try_from(batch)?, scale.duration)
                     .await?;
