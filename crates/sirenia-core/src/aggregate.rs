@@ -6,7 +6,7 @@ use uuid::Uuid;
 use crate::codec::{DomainEvent, JsonCodec};
 use crate::error::{CommandError, InvalidStreamId, Limit, LoadError, StoreError};
 use crate::event::Metadata;
-use crate::id::{EventId, ExpectedVersion, Position, StreamId};
+use crate::id::{EventId, ExpectedVersion, Position, StreamId, Timestamp};
 use crate::limits::{DEFAULT_COMMAND_RETRIES, MAX_COMMAND_RETRIES, MAX_EVENTS_PER_COMMAND};
 use crate::store::{EventStore, ReadStream, StreamWrite};
 
@@ -192,10 +192,26 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         self.load_stream(&stream, Some(version)).await
     }
 
+    /// Loads aggregate `id` as it was at instant `at`: its events recorded at or before `at`
+    /// (stored `recorded_at` never decreases along a stream).
+    pub async fn load_as_of(&self, id: &str, at: Timestamp) -> Result<Loaded<A>, LoadError> {
+        let stream = self.stream_id(id)?;
+        self.load_until(&stream, None, Some(at)).await
+    }
+
     async fn load_stream(
         &self,
         stream: &StreamId,
         upto: Option<u64>,
+    ) -> Result<Loaded<A>, LoadError> {
+        self.load_until(stream, upto, None).await
+    }
+
+    async fn load_until(
+        &self,
+        stream: &StreamId,
+        upto: Option<u64>,
+        at: Option<Timestamp>,
     ) -> Result<Loaded<A>, LoadError> {
         let mut options = ReadStream::forward();
         if let Some(limit) = upto {
@@ -209,6 +225,9 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         };
         while let Some(recorded) = events.next().await {
             let recorded = recorded?;
+            if at.is_some_and(|at| recorded.recorded_at > at) {
+                break;
+            }
             self.codec
                 .decode_with(&recorded, |event| loaded.state.apply(&event))?;
             loaded.version = recorded.revision + 1;
@@ -233,6 +252,16 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// Runs `command` on aggregate `id`: load, decide, append with the loaded version as
     /// [`ExpectedVersion::Exact`]; on a conflict, start over (at most the configured number of
     /// retries) unless the caller fixed the version in `context`.
+    #[tracing::instrument(
+        name = "sirenia.command",
+        skip_all,
+        fields(
+            aggregate = A::CATEGORY,
+            id = id,
+            correlation_id = context.metadata.correlation_id.as_deref(),
+            causation_id = context.metadata.causation_id.as_deref(),
+        )
+    )]
     pub async fn execute_with(
         &self,
         id: &str,
@@ -328,6 +357,15 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                         return Err(CommandError::TooManyConflicts { stream, attempts });
                     }
                 }
+                // A concurrent run of the same command id stored its events first (with other
+                // metadata, say another correlation id): the next attempt finds them and
+                // answers with that run's outcome.
+
+                // A concurrent run of the same command id stored its events first (with other
+                // metadata, say another correlation id): the next attempt finds them and
+                // answers with that run's outcome.
+                Err(StoreError::EventIdReused { .. })
+                    if context.command_id.is_some() && attempts <= self.max_retries => {}
                 Err(e) => return Err(CommandError::Store(e)),
             }
         }

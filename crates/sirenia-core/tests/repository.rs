@@ -80,6 +80,11 @@ impl Aggregate for Tally {
 struct Contended {
     inner: InMemoryStore,
     interfere: Arc<AtomicU32>,
+    /// The rival runs the same command (same event ids) under another correlation id.
+    mirror: bool,
+    /// Appended just before the next stream read: a rival that ran between the repository's
+    /// command-id check and its load.
+    before_read: Arc<std::sync::Mutex<Option<StreamWrite>>>,
 }
 
 impl Contended {
@@ -87,6 +92,8 @@ impl Contended {
         Contended {
             inner: InMemoryStore::new(),
             interfere: Arc::new(AtomicU32::new(interfere)),
+            mirror: false,
+            before_read: Arc::default(),
         }
     }
 }
@@ -97,7 +104,15 @@ impl EventStore for Contended {
             .interfere
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
-        if take {
+        if take && self.mirror {
+            let mut rival = writes.clone();
+            for write in &mut rival {
+                for event in &mut write.events {
+                    event.metadata.correlation_id = Some("rival-request".to_owned());
+                }
+            }
+            self.inner.append(rival).await?;
+        } else if take {
             let codec = JsonCodec::<TallyEvent>::new();
             let rival = codec
                 .to_new_event(
@@ -133,6 +148,10 @@ impl EventStore for Contended {
         direction: Direction,
         max: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rival = self.before_read.lock().unwrap().take();
+        if let Some(rival) = rival {
+            self.inner.append(vec![rival]).await?;
+        }
         self.inner
             .read_stream_page(stream, from, direction, max)
             .await
@@ -265,6 +284,59 @@ async fn the_callers_expected_version_is_never_retried() {
         }) => assert_eq!((expected, actual), (0, Some(1))),
         other => panic!("expected Conflict without retry, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_concurrent_run_of_the_same_command_id_wins_and_the_other_answers_with_its_outcome() {
+    let store = Contended {
+        mirror: true,
+        ..Contended::new(1)
+    };
+    let repo = Repository::<Tally, _>::new(store.clone());
+    let context = CommandContext::new()
+        .command_id(Uuid::now_v7())
+        .correlation_id("this-request");
+    let done = repo
+        .execute_with("a", TallyCommand::Add(7), &context)
+        .await
+        .unwrap();
+    assert_eq!((done.version, done.state.total), (1, 7));
+    let events = stored(&store.inner, "tally-a").await;
+    assert_eq!(events.len(), 1, "one run's events only");
+    assert_eq!(
+        events[0].metadata.correlation_id.as_deref(),
+        Some("rival-request")
+    );
+
+    // The rival lands after this run checked its command id but before it loaded: this run
+    // decides on the moved stream, its event id is stored elsewhere, and it must still answer
+    // with the rival's outcome rather than fail.
+    let store = Contended::new(0);
+    let command_id = Uuid::now_v7();
+    let rival = JsonCodec::<TallyEvent>::new()
+        .to_new_event(
+            &TallyEvent::Added { amount: 7 },
+            EventId::derived(command_id, 0),
+            Default::default(),
+        )
+        .unwrap();
+    *store.before_read.lock().unwrap() = Some(StreamWrite::new(
+        StreamId::new("tally-b").unwrap(),
+        ExpectedVersion::Any,
+        vec![rival],
+    ));
+    let repo = Repository::<Tally, _>::new(store.clone());
+    let done = repo
+        .execute_with(
+            "b",
+            TallyCommand::Add(7),
+            &CommandContext::new().command_id(command_id),
+        )
+        .await
+        .unwrap();
+    assert!(done.repeated);
+    assert_eq!((done.version, done.state.total), (1, 7));
+    assert_eq!(stored(&store.inner, "tally-b").await.len(), 1);
 }
 
 #[tokio::test]

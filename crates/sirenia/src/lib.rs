@@ -12,7 +12,11 @@
 //! |-----------|--------------|
 //! | `sqlite`  | `sirenia::sqlite` and `SqliteStore`: the embedded single-file store (the default choice) |
 //! | `postgres` | `sirenia::postgres` and `PostgresStore`: many application instances on one PostgreSQL |
+//! | `metrics` | `sirenia::Metered`: append counts, latency and conflicts through the `metrics` facade, and tracing spans |
 //! | `testkit` | `sirenia::testkit`: the store conformance suite and given/when/then fixtures |
+//!
+//! [`AnyStore`] holds whichever store a program chose at run time (`AnyStore::open` takes a
+//! file path or a `postgres://` URL).
 //!
 //! ```
 //! use serde::{Deserialize, Serialize};
@@ -53,6 +57,15 @@
 //! ```
 
 pub use sirenia_core::*;
+
+mod any;
+pub use any::{AnyStore, is_postgres_url};
+
+/// Metrics and tracing around any store.
+#[cfg(feature = "metrics")]
+pub mod metered;
+#[cfg(feature = "metrics")]
+pub use metered::Metered;
 
 /// The embedded single-file store.
 #[cfg(feature = "sqlite")]

@@ -1,7 +1,9 @@
-//! Sirenia's reference domain: bank accounts.
+//! Sirenia's reference service: bank accounts over HTTP.
 //!
-//! [`account::Account`] is an event-sourced aggregate with pure decisions; run it through a
-//! [`sirenia::Repository`] on any store:
+//! The binary (`cargo run --release -p bank`) serves [`router`] on the embedded store, or on
+//! PostgreSQL when `--store` is a `postgres://` URL. The domain is [`account::Account`], an
+//! event-sourced aggregate with pure decisions; run it through a [`sirenia::Repository`] on any
+//! store:
 //!
 //! ```
 //! use bank::account::{Account, AccountCommand};
@@ -17,6 +19,13 @@
 //! ```
 
 pub mod account;
+pub mod error;
+pub mod http;
+pub mod idempotency;
+pub mod observe;
+pub mod outcome;
+
+pub use http::{App, router};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

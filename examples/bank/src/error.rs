@@ -1,0 +1,154 @@
+//! The service's error answers: `{"error": code, "message": text}` with the right status, and
+//! the mapping from Sirenia's typed errors to them (done once, here).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use sirenia::{CommandError, LoadError, StoreError};
+
+use crate::account::AccountError;
+use crate::outcome::Outcome;
+
+/// An error answer.
+#[derive(Clone, Debug)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The stable machine-readable code.
+    pub code: &'static str,
+    /// A human-readable explanation (never internals of a backend failure).
+    pub message: String,
+    /// More fields of the body (`expected`, `actual`, …).
+    pub extra: Map<String, Value>,
+}
+
+impl ApiError {
+    /// An error with `status`, `code` and `message`.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            extra: Map::new(),
+        }
+    }
+
+    /// 400 with `code`.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 422 with `code`.
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+
+    /// 404 `account_not_found`.
+    pub fn account_not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "account_not_found",
+            "no such account",
+        )
+    }
+
+    /// 500 `internal`, logging `error` (the body never carries it).
+    pub fn internal(error: &dyn std::error::Error) -> Self {
+        tracing::error!(error = %error, source = ?error.source(), "request failed");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the service failed; try again later",
+        )
+    }
+
+    fn with(mut self, key: &str, value: Value) -> Self {
+        self.extra.insert(key.to_owned(), value);
+        self
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Value {
+        let mut body = Map::new();
+        body.insert("error".to_owned(), json!(self.code));
+        body.insert("message".to_owned(), json!(self.message));
+        for (k, v) in &self.extra {
+            body.insert(k.clone(), v.clone());
+        }
+        Value::Object(body)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        Outcome::from(self).into_response()
+    }
+}
+
+impl From<ApiError> for Outcome {
+    fn from(e: ApiError) -> Self {
+        Outcome::new(e.status, e.body())
+    }
+}
+
+/// A store failure: 503 when the store is closed or refuses writes (an operator must act),
+/// 500 otherwise; the body never carries the backend's message.
+pub fn store_error(e: &StoreError) -> ApiError {
+    match e {
+        StoreError::WritesDisabled { .. } | StoreError::Closed => {
+            tracing::error!(error = %e, "store unavailable");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the event store is not accepting writes; try again later",
+            )
+        }
+        _ => ApiError::internal(e),
+    }
+}
+
+/// A failed load.
+pub fn load_error(e: &LoadError) -> ApiError {
+    match e {
+        LoadError::InvalidId(_) => ApiError::bad_request("invalid_id", "not a valid account id"),
+        LoadError::Store(e) => store_error(e),
+        other => ApiError::internal(other),
+    }
+}
+
+/// A failed account command.
+pub fn command_error(e: &CommandError<AccountError>) -> ApiError {
+    match e {
+        CommandError::Rejected(AccountError::NotFound) => ApiError::account_not_found(),
+        CommandError::Rejected(rule) => ApiError::unprocessable(rule.code(), rule.to_string()),
+        CommandError::Conflict {
+            expected,
+            actual: None,
+            ..
+        } if *expected > 0 => ApiError::account_not_found(),
+        CommandError::Conflict {
+            expected, actual, ..
+        } => ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "version_conflict",
+            format!(
+                "the account is at version {}, not {expected}",
+                actual.unwrap_or(0)
+            ),
+        )
+        .with("expected", json!(expected))
+        .with("actual", json!(actual.unwrap_or(0))),
+        CommandError::TooManyConflicts { .. } => ApiError::new(
+            StatusCode::CONFLICT,
+            "contention",
+            "the account changed under every attempt; try again",
+        ),
+        CommandError::CommandIdReused { .. } => ApiError::unprocessable(
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for another request",
+        ),
+        CommandError::InvalidId(_) => ApiError::bad_request("invalid_id", "not a valid account id"),
+        CommandError::Store(e) => store_error(e),
+        other => ApiError::internal(other),
+    }
+}

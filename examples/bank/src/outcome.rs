@@ -1,0 +1,48 @@
+//! [`Outcome`]: an answer to a POST as data, so an `Idempotency-Key` can store it and replay it
+//! exactly.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Status, `Location` and JSON body of an answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// The HTTP status code.
+    pub status: u16,
+    /// The `Location` header, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// The JSON body.
+    pub body: Value,
+}
+
+impl Outcome {
+    /// An answer with `status` and `body`.
+    pub fn new(status: StatusCode, body: Value) -> Self {
+        Outcome {
+            status: status.as_u16(),
+            location: None,
+            body,
+        }
+    }
+
+    /// The status as a [`StatusCode`] (500 if the stored number is not one).
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+impl IntoResponse for Outcome {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut response = (status, axum::Json(self.body)).into_response();
+        if let Some(location) = self.location
+            && let Ok(value) = HeaderValue::from_str(&location)
+        {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
+        response
+    }
+}
