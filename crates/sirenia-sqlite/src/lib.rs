@@ -52,9 +52,12 @@ use sirenia_core::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub mod projection;
 mod read;
 mod schema;
 mod writer;
+
+pub use projection::{SqliteCheckpoints, SqliteProjection, SqliteTarget};
 
 pub use writer::{MAX_GROUP_APPENDS, MAX_GROUP_EVENTS};
 
@@ -120,6 +123,8 @@ struct Shared {
     readers: Arc<ReaderPool>,
     poll_interval: Duration,
     counters: Arc<writer::Counters>,
+    /// `PRAGMA synchronous` for connections that write (projections).
+    synchronous: &'static str,
     _lock: Option<File>,
 }
 
@@ -224,10 +229,7 @@ fn open_writable(path: PathBuf, options: SqliteOptions) -> Result<SqliteStore, S
             source: None,
         });
     }
-    let synchronous = match options.durability {
-        Durability::Full => "full",
-        Durability::Normal => "normal",
-    };
+    let synchronous = synchronous_pragma(options.durability);
     conn.pragma_update(None, "synchronous", synchronous)
         .map_err(sqlite_error)?;
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
@@ -255,9 +257,17 @@ fn open_writable(path: PathBuf, options: SqliteOptions) -> Result<SqliteStore, S
             readers: Arc::new(ReaderPool::new(reader_path, Vec::new())),
             poll_interval: options.poll_interval,
             counters,
+            synchronous,
             _lock: Some(lock),
         }),
     })
+}
+
+fn synchronous_pragma(durability: Durability) -> &'static str {
+    match durability {
+        Durability::Full => "full",
+        Durability::Normal => "normal",
+    }
 }
 
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
@@ -318,6 +328,7 @@ impl SqliteStore {
                     readers: Arc::new(ReaderPool::new(reader_path, vec![conn])),
                     poll_interval: options.poll_interval,
                     counters: Arc::default(),
+                    synchronous: synchronous_pragma(options.durability),
                     _lock: None,
                 }),
             })
@@ -328,6 +339,20 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// A projection named `name` whose read model `handler` keeps in this file, for a
+    /// [`Projector`](sirenia_core::projection::Projector): its writes and checkpoint commit in
+    /// one transaction (exactly once). Works on read-only handles too (the target opens its own
+    /// connection), so a projection can run in another process than the writer.
+    pub fn projection<P: SqliteProjection>(&self, name: &str, handler: P) -> SqliteTarget<P> {
+        SqliteTarget::new(name, &self.shared.path, self.shared.synchronous, handler)
+    }
+
+    /// Checkpoints kept in this file, for an at-least-once projection
+    /// ([`AtLeastOnce`](sirenia_core::projection::AtLeastOnce)) into a sink elsewhere.
+    pub fn checkpoints(&self) -> SqliteCheckpoints {
+        SqliteCheckpoints::new(&self.shared.path, self.shared.synchronous)
     }
 
     /// What the writer has committed since the store was opened. With group commit, `commits`

@@ -28,7 +28,29 @@ pub(crate) const MIGRATIONS: &[&str] = &[
      ) STRICT;
      CREATE UNIQUE INDEX events_stream_revision ON events (stream_id, revision);
      CREATE UNIQUE INDEX events_event_id ON events (event_id);",
+    // 2: projections. A checkpoint per projection name (the next position to read) with the
+    // event it is faulted on, if any; parked (dead-letter) events per projection.
+    "CREATE TABLE projections (
+        name          TEXT    PRIMARY KEY,
+        next_position INTEGER NOT NULL,
+        fault         TEXT,
+        updated_at    INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE parked_events (
+        name       TEXT    NOT NULL,
+        position   INTEGER NOT NULL,
+        event_id   BLOB    NOT NULL,
+        stream_id  TEXT    NOT NULL,
+        event_type TEXT    NOT NULL,
+        error      TEXT    NOT NULL,
+        attempts   INTEGER NOT NULL,
+        parked_at  INTEGER NOT NULL,
+        PRIMARY KEY (name, position)
+     ) STRICT;",
 ];
+
+/// The first schema version with the projection tables.
+pub(crate) const PROJECTIONS_VERSION: usize = 2;
 
 /// The schema version this build writes.
 pub(crate) const SCHEMA_VERSION: usize = MIGRATIONS.len();

@@ -1,0 +1,505 @@
+//! Projections whose read model lives in the store's file: the handler writes its tables in the
+//! same SQLite transaction that moves the projection's checkpoint, so a crash at any point
+//! neither loses nor repeats an effect.
+//!
+//! Checkpoints live in the `projections` table and parked events in `parked_events` (schema
+//! version 2). One instance of a projection name runs at a time, across processes: a target
+//! holds an exclusive lock on `<file>-projection-<name>.lock` from `start` until it is dropped;
+//! another instance's `start` waits (a standby) and takes over when the lock is released,
+//! which the operating system does when the holder dies.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use sirenia_core::projection::{
+    ApplyError, Checkpoint, CheckpointStore, EventBatch, FailedEvent, HandlerError,
+    ProjectionTarget,
+};
+use sirenia_core::{Position, RecordedEvent, StoreError, Timestamp};
+
+use crate::read::to_i64;
+use crate::{BUSY_TIMEOUT, sqlite_error};
+
+/// How often a standby instance tries to take a projection's lock.
+pub const LOCK_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A projection whose read model is tables in the store's file. Each method runs inside the
+/// transaction it is given; returning an error rolls all of it back.
+pub trait SqliteProjection: Send + 'static {
+    /// Creates the read model's tables if they do not exist (runs on every start).
+    fn setup(&mut self, tx: &Transaction<'_>) -> Result<(), HandlerError>;
+    /// Applies one event.
+    fn apply(&mut self, tx: &Transaction<'_>, event: &RecordedEvent) -> Result<(), HandlerError>;
+    /// Empties the read model, for a rebuild.
+    fn reset(&mut self, tx: &Transaction<'_>) -> Result<(), HandlerError>;
+}
+
+/// The target of a [`SqliteProjection`]: see [`crate::SqliteStore::projection`].
+pub struct SqliteTarget<P> {
+    name: String,
+    path: PathBuf,
+    synchronous: &'static str,
+    handler: Option<P>,
+    inner: Option<Box<Inner<P>>>,
+}
+
+struct Inner<P> {
+    conn: Connection,
+    handler: P,
+    _lock: File,
+}
+
+impl<P: SqliteProjection> SqliteTarget<P> {
+    pub(crate) fn new(name: &str, path: &Path, synchronous: &'static str, handler: P) -> Self {
+        SqliteTarget {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            synchronous,
+            handler: Some(handler),
+            inner: None,
+        }
+    }
+
+    /// Runs `f` with the connection and handler on the blocking pool.
+    async fn with<R, F>(&mut self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&str, &mut Inner<P>) -> R + Send + 'static,
+    {
+        let mut inner = self.inner.take().ok_or_else(|| StoreError::Backend {
+            message: "the projection target was not started, or a handler panicked".to_owned(),
+            source: None,
+        })?;
+        let name = self.name.clone();
+        let (inner, result) = tokio::task::spawn_blocking(move || {
+            let result = f(&name, &mut inner);
+            (inner, result)
+        })
+        .await
+        .map_err(|e| StoreError::backend("a projection handler panicked", e))?;
+        self.inner = Some(inner);
+        Ok(result)
+    }
+}
+
+/// `<file>-projection-<name>.lock`, with the name made safe for a file name (and a hash, so
+/// distinct names never share a lock).
+fn lock_path(path: &Path, name: &str) -> PathBuf {
+    let safe: String = name
+        .chars()
+        .take(40)
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    // FNV-1a: stable across builds and platforms.
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let mut file = path.as_os_str().to_owned();
+    file.push(format!("-projection-{safe}-{hash:016x}.lock"));
+    PathBuf::from(file)
+}
+
+/// Opens the file for a projection's writes and checks it has the projection tables.
+pub(crate) fn open_connection(path: &Path, synchronous: &str) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(sqlite_error)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_error)?;
+    conn.pragma_update(None, "synchronous", synchronous)
+        .map_err(sqlite_error)?;
+    let version = crate::schema::check(&conn)?;
+    if version < crate::schema::PROJECTIONS_VERSION {
+        return Err(StoreError::Incompatible {
+            message: format!(
+                "{} has schema version {version}, before projections; open it for writing once \
+                 to migrate it",
+                path.display()
+            ),
+        });
+    }
+    Ok(conn)
+}
+
+fn take_lock(lock_file: &Path) -> Result<File, StoreError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock_file)
+        .map_err(|e| StoreError::backend(format!("cannot open {}", lock_file.display()), e))?;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(TryLockError::WouldBlock) => std::thread::sleep(LOCK_POLL_INTERVAL),
+            Err(TryLockError::Error(e)) => {
+                return Err(StoreError::backend(
+                    format!("cannot lock {}", lock_file.display()),
+                    e,
+                ));
+            }
+        }
+    }
+}
+
+fn handler_error(index: usize, error: HandlerError) -> ApplyError {
+    ApplyError::Handler {
+        index,
+        error,
+        prefix_committed: false,
+    }
+}
+
+fn immediate(conn: &mut Connection) -> Result<Transaction<'_>, StoreError> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sqlite_error)
+}
+
+fn load_checkpoint(conn: &Connection, name: &str) -> Result<Checkpoint, StoreError> {
+    let row: Option<(i64, Option<String>)> = conn
+        .query_row(
+            "SELECT next_position, fault FROM projections WHERE name = ?1",
+            [name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(sqlite_error)?;
+    let Some((next, fault)) = row else {
+        return Ok(Checkpoint {
+            next: Position(1),
+            fault: None,
+        });
+    };
+    let next = u64::try_from(next).map_err(|_| StoreError::Corrupt {
+        message: format!("projection {name} has checkpoint {next}"),
+    })?;
+    let fault = fault
+        .map(|f| serde_json::from_str::<FailedEvent>(&f))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt {
+            message: format!("projection {name} fault record: {e}"),
+        })?;
+    Ok(Checkpoint {
+        next: Position(next),
+        fault,
+    })
+}
+
+fn save_checkpoint(tx: &Transaction<'_>, name: &str, next: Position) -> Result<(), StoreError> {
+    // The checkpoint never moves backwards (a reset deletes the row instead).
+    tx.prepare_cached(
+        "INSERT INTO projections (name, next_position, fault, updated_at) VALUES (?1, ?2, NULL, ?3)
+         ON CONFLICT (name) DO UPDATE SET
+           next_position = max(next_position, excluded.next_position),
+           fault = NULL, updated_at = excluded.updated_at",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            name,
+            to_i64(next.0),
+            to_i64(Timestamp::now().as_micros())
+        ])
+    })
+    .map(|_| ())
+    .map_err(sqlite_error)
+}
+
+fn park_row(tx: &Transaction<'_>, name: &str, failed: &FailedEvent) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT OR REPLACE INTO parked_events
+           (name, position, event_id, stream_id, event_type, error, attempts, parked_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            name,
+            to_i64(failed.position.0),
+            failed.event_id.as_uuid().as_bytes().as_slice(),
+            failed.stream,
+            failed.event_type,
+            failed.error,
+            failed.attempts,
+            to_i64(failed.at.as_micros()),
+        ],
+    )
+    .map(|_| ())
+    .map_err(sqlite_error)
+}
+
+fn set_fault(conn: &Connection, name: &str, failed: &FailedEvent) -> Result<(), StoreError> {
+    let fault = serde_json::to_string(failed).map_err(|e| StoreError::Corrupt {
+        message: format!("fault record: {e}"),
+    })?;
+    conn.execute(
+        "INSERT INTO projections (name, next_position, fault, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (name) DO UPDATE SET fault = excluded.fault, updated_at = excluded.updated_at",
+        params![
+            name,
+            to_i64(failed.position.0),
+            fault,
+            to_i64(Timestamp::now().as_micros())
+        ],
+    )
+    .map(|_| ())
+    .map_err(sqlite_error)
+}
+
+fn list_parked(conn: &Connection, name: &str) -> Result<Vec<FailedEvent>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT position, event_id, stream_id, event_type, error, attempts, parked_at
+             FROM parked_events WHERE name = ?1 ORDER BY position",
+        )
+        .map_err(sqlite_error)?;
+    let rows = stmt
+        .query_map([name], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, u32>(5)?,
+                r.get::<_, i64>(6)?,
+            ))
+        })
+        .map_err(sqlite_error)?;
+    let mut parked = Vec::new();
+    for row in rows {
+        let (position, id, stream, event_type, error, attempts, at) = row.map_err(sqlite_error)?;
+        let corrupt = |what: &str| StoreError::Corrupt {
+            message: format!("parked event of {name}: bad {what}"),
+        };
+        parked.push(FailedEvent {
+            position: Position(u64::try_from(position).map_err(|_| corrupt("position"))?),
+            event_id: sirenia_core::EventId::from(
+                sirenia_core::Uuid::from_slice(&id).map_err(|_| corrupt("event id"))?,
+            ),
+            stream,
+            event_type,
+            error,
+            attempts,
+            at: Timestamp::from_micros(u64::try_from(at).map_err(|_| corrupt("time"))?),
+        });
+    }
+    Ok(parked)
+}
+
+fn delete_parked(tx: &Transaction<'_>, name: &str, position: Position) -> Result<(), StoreError> {
+    tx.execute(
+        "DELETE FROM parked_events WHERE name = ?1 AND position = ?2",
+        params![name, to_i64(position.0)],
+    )
+    .map(|_| ())
+    .map_err(sqlite_error)
+}
+
+fn reset_rows(tx: &Transaction<'_>, name: &str) -> Result<(), StoreError> {
+    tx.execute("DELETE FROM parked_events WHERE name = ?1", [name])
+        .and_then(|_| tx.execute("DELETE FROM projections WHERE name = ?1", [name]))
+        .map(|_| ())
+        .map_err(sqlite_error)
+}
+
+impl<P: SqliteProjection> ProjectionTarget for SqliteTarget<P> {
+    async fn start(&mut self) -> Result<Checkpoint, StoreError> {
+        if self.inner.is_some() {
+            let name = self.name.clone();
+            return self
+                .with(move |_, inner| load_checkpoint(&inner.conn, &name))
+                .await?;
+        }
+        let Some(mut handler) = self.handler.take() else {
+            return Err(StoreError::Closed);
+        };
+        let (path, name, synchronous) = (self.path.clone(), self.name.clone(), self.synchronous);
+        let (inner, checkpoint) = tokio::task::spawn_blocking(move || {
+            let lock = take_lock(&lock_path(&path, &name))?;
+            let mut conn = open_connection(&path, synchronous)?;
+            let tx = immediate(&mut conn)?;
+            handler.setup(&tx).map_err(|e| StoreError::Backend {
+                message: format!("projection {name}: setting up its tables failed"),
+                source: Some(e),
+            })?;
+            tx.commit().map_err(sqlite_error)?;
+            let checkpoint = load_checkpoint(&conn, &name)?;
+            Ok::<_, StoreError>((
+                Box::new(Inner {
+                    conn,
+                    handler,
+                    _lock: lock,
+                }),
+                checkpoint,
+            ))
+        })
+        .await
+        .map_err(|e| StoreError::backend("a projection's setup panicked", e))??;
+        self.inner = Some(inner);
+        Ok(checkpoint)
+    }
+
+    async fn apply(&mut self, batch: EventBatch, next: Position) -> Result<(), ApplyError> {
+        self.with(move |name, inner| {
+            let tx = immediate(&mut inner.conn)?;
+            for (index, event) in batch.events().iter().enumerate() {
+                inner
+                    .handler
+                    .apply(&tx, event)
+                    .map_err(|e| handler_error(index, e))?;
+            }
+            save_checkpoint(&tx, name, next)?;
+            tx.commit().map_err(sqlite_error)?;
+            Ok(())
+        })
+        .await?
+    }
+
+    async fn park(&mut self, failed: &FailedEvent, next: Position) -> Result<(), StoreError> {
+        let failed = failed.clone();
+        self.with(move |name, inner| {
+            let tx = immediate(&mut inner.conn)?;
+            park_row(&tx, name, &failed)?;
+            save_checkpoint(&tx, name, next)?;
+            tx.commit().map_err(sqlite_error)
+        })
+        .await?
+    }
+
+    async fn fault(&mut self, failed: &FailedEvent) -> Result<(), StoreError> {
+        let failed = failed.clone();
+        self.with(move |name, inner| set_fault(&inner.conn, name, &failed))
+            .await?
+    }
+
+    async fn parked(&mut self) -> Result<Vec<FailedEvent>, StoreError> {
+        self.with(|name, inner| list_parked(&inner.conn, name))
+            .await?
+    }
+
+    async fn replay_parked(&mut self, event: RecordedEvent) -> Result<(), ApplyError> {
+        self.with(move |name, inner| {
+            let tx = immediate(&mut inner.conn)?;
+            inner
+                .handler
+                .apply(&tx, &event)
+                .map_err(|e| handler_error(0, e))?;
+            delete_parked(&tx, name, event.position)?;
+            tx.commit().map_err(sqlite_error)?;
+            Ok(())
+        })
+        .await?
+    }
+
+    async fn reset(&mut self) -> Result<(), ApplyError> {
+        self.with(|name, inner| {
+            let tx = immediate(&mut inner.conn)?;
+            inner.handler.reset(&tx).map_err(|e| handler_error(0, e))?;
+            reset_rows(&tx, name)?;
+            tx.commit().map_err(sqlite_error)?;
+            Ok(())
+        })
+        .await?
+    }
+}
+
+/// Checkpoints in the store's file for [`sirenia_core::projection::AtLeastOnce`] projections
+/// (sinks outside the file). See [`crate::SqliteStore::checkpoints`].
+pub struct SqliteCheckpoints {
+    path: PathBuf,
+    synchronous: &'static str,
+    conn: Option<Connection>,
+}
+
+impl SqliteCheckpoints {
+    pub(crate) fn new(path: &Path, synchronous: &'static str) -> Self {
+        SqliteCheckpoints {
+            path: path.to_owned(),
+            synchronous,
+            conn: None,
+        }
+    }
+
+    async fn with<R, F>(&mut self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.take();
+        let (path, synchronous) = (self.path.clone(), self.synchronous);
+        let (conn, result) = tokio::task::spawn_blocking(move || {
+            let mut conn = match conn {
+                Some(c) => c,
+                None => match open_connection(&path, synchronous) {
+                    Ok(c) => c,
+                    Err(e) => return (None, Err(e)),
+                },
+            };
+            let result = f(&mut conn);
+            (Some(conn), result)
+        })
+        .await
+        .map_err(|e| StoreError::backend("a checkpoint task panicked", e))?;
+        self.conn = conn;
+        result
+    }
+}
+
+impl CheckpointStore for SqliteCheckpoints {
+    async fn load(&mut self, name: &str) -> Result<Checkpoint, StoreError> {
+        let name = name.to_owned();
+        self.with(move |c| load_checkpoint(c, &name)).await
+    }
+
+    async fn save(&mut self, name: &str, next: Position) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.with(move |c| {
+            let tx = immediate(c)?;
+            save_checkpoint(&tx, &name, next)?;
+            tx.commit().map_err(sqlite_error)
+        })
+        .await
+    }
+
+    async fn park(
+        &mut self,
+        name: &str,
+        failed: &FailedEvent,
+        next: Position,
+    ) -> Result<(), StoreError> {
+        let (name, failed) = (name.to_owned(), failed.clone());
+        self.with(move |c| {
+            let tx = immediate(c)?;
+            park_row(&tx, &name, &failed)?;
+            save_checkpoint(&tx, &name, next)?;
+            tx.commit().map_err(sqlite_error)
+        })
+        .await
+    }
+
+    async fn fault(&mut self, name: &str, failed: &FailedEvent) -> Result<(), StoreError> {
+        let (name, failed) = (name.to_owned(), failed.clone());
+        self.with(move |c| set_fault(c, &name, &failed)).await
+    }
+
+    async fn parked(&mut self, name: &str) -> Result<Vec<FailedEvent>, StoreError> {
+        let name = name.to_owned();
+        self.with(move |c| list_parked(c, &name)).await
+    }
+
+    async fn unpark(&mut self, name: &str, position: Position) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.with(move |c| {
+            let tx = immediate(c)?;
+            delete_parked(&tx, &name, position)?;
+            tx.commit().map_err(sqlite_error)
+        })
+        .await
+    }
+
+    async fn reset(&mut self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.with(move |c| {
+            let tx = immediate(c)?;
+            reset_rows(&tx, &name)?;
+            tx.commit().map_err(sqlite_error)
+        })
+        .await
+    }
+}
