@@ -43,7 +43,10 @@ use sirenia_core::{
 use tokio::sync::watch;
 use tokio_postgres::{NoTls, Row};
 
+pub mod projection;
 mod schema;
+
+pub use projection::{PostgresCheckpoints, PostgresProjection, PostgresTarget};
 
 /// The default schema.
 pub const DEFAULT_SCHEMA: &str = "sirenia";
@@ -343,6 +346,19 @@ impl PostgresStore {
     pub fn announce(&self) {
         self.shared.wake_tx.send_modify(|n| *n = n.wrapping_add(1));
         self.shared.announce.notify_one();
+    }
+
+    /// A projection named `name` whose read model `handler` keeps in this database, for a
+    /// [`Projector`](sirenia_core::projection::Projector): its writes and checkpoint commit in
+    /// one transaction (exactly once); one instance per name runs at a time across processes.
+    pub fn projection<P: PostgresProjection>(&self, name: &str, handler: P) -> PostgresTarget<P> {
+        PostgresTarget::new(self, name, handler)
+    }
+
+    /// Checkpoints kept in this database, for an at-least-once projection
+    /// ([`AtLeastOnce`](sirenia_core::projection::AtLeastOnce)) into a sink elsewhere.
+    pub fn checkpoints(&self) -> PostgresCheckpoints {
+        PostgresCheckpoints::new(self)
     }
 
     /// Drops the schema and everything in it. For tests and tear-down.

@@ -99,6 +99,27 @@ BEGIN
 END
 $fn$;
 "#,
+    // 2: projections: a checkpoint per projection name (the next position to read) with the
+    // event it is faulted on, and parked (dead-letter) events.
+    r#"
+CREATE TABLE {s}.projections (
+    name          text PRIMARY KEY,
+    next_position bigint NOT NULL,
+    fault         jsonb,
+    updated_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE {s}.parked_events (
+    name       text NOT NULL,
+    position   bigint NOT NULL,
+    event_id   uuid NOT NULL,
+    stream_id  text NOT NULL,
+    event_type text NOT NULL,
+    error      text NOT NULL,
+    attempts   integer NOT NULL,
+    parked_at  bigint NOT NULL,
+    PRIMARY KEY (name, position)
+);
+"#,
 ];
 
 /// The schema version this build writes.
