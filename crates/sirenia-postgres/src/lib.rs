@@ -47,6 +47,8 @@ pub mod projection;
 mod schema;
 
 pub use projection::{PostgresCheckpoints, PostgresProjection, PostgresTarget};
+/// The PostgreSQL client projection handlers write with (the same version as the store's).
+pub use tokio_postgres;
 
 /// The default schema.
 pub const DEFAULT_SCHEMA: &str = "sirenia";

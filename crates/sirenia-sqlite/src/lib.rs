@@ -58,6 +58,8 @@ mod schema;
 mod writer;
 
 pub use projection::{SqliteCheckpoints, SqliteProjection, SqliteTarget};
+/// The SQLite bindings projection handlers write with (the same version as the store's).
+pub use rusqlite;
 
 pub use writer::{MAX_GROUP_APPENDS, MAX_GROUP_EVENTS};
 

@@ -25,6 +25,7 @@ use crate::error::{ApiError, command_error, load_error, store_error};
 use crate::idempotency::{self, MAX_IDEMPOTENCY_KEY_CHARS, Record};
 use crate::observe::{self, COMMANDS_TOTAL, HTTP_REQUESTS_TOTAL};
 use crate::outcome::Outcome;
+use crate::read_model::{MAX_LIST, ReadModel};
 
 /// How many times a command is retried when concurrent requests move its account first
 /// (then 409 `contention`).
@@ -61,13 +62,23 @@ pub struct App {
 struct Inner {
     accounts: Repository<Account, Store>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    read_model: Option<ReadModel>,
 }
 
 impl App {
-    /// The service on `store`.
+    /// The service on `store`, with the accounts projection running in a task of this
+    /// runtime (call it inside one).
     pub fn new(store: AnyStore) -> Self {
+        let read_model = match ReadModel::start(&store) {
+            Ok(model) => Some(model),
+            Err(e) => {
+                tracing::warn!(error = %e, "no accounts read model");
+                None
+            }
+        };
         App {
             inner: Arc::new(Inner {
+                read_model,
                 accounts: match Repository::new(Metered::new(store))
                     .with_max_retries(COMMAND_RETRIES)
                 {
@@ -90,7 +101,7 @@ pub fn router(app: App) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .route("/accounts", post(open_account))
+        .route("/accounts", post(open_account).get(list_accounts))
         .route("/accounts/{id}", get(get_account))
         .route("/accounts/{id}/events", get(account_events))
         .route("/accounts/{id}/deposits", post(deposit))
@@ -118,6 +129,29 @@ async fn health() -> Response {
 }
 
 async fn metrics(State(app): State<App>) -> Response {
+    if let Some(model) = &app.inner.read_model {
+        let status = model.status();
+        let label = crate::read_model::PROJECTION;
+        // Positions and lags stay far below 2^53, where f64 is exact.
+        #[allow(clippy::cast_precision_loss)]
+        {
+            metrics::gauge!(observe::PROJECTION_POSITION, "projection" => label)
+                .set(status.next.0 as f64);
+            if let Some(lag) = status.lag_events {
+                metrics::gauge!(observe::PROJECTION_LAG_EVENTS, "projection" => label)
+                    .set(lag as f64);
+            }
+        }
+        metrics::gauge!(observe::PROJECTION_LAG_SECONDS, "projection" => label)
+            .set(status.lag_seconds);
+        let state = match status.state {
+            sirenia::projection::ProjectionState::Stopped => 0.0,
+            sirenia::projection::ProjectionState::CatchingUp => 1.0,
+            sirenia::projection::ProjectionState::Live => 2.0,
+            sirenia::projection::ProjectionState::Faulted => 3.0,
+        };
+        metrics::gauge!(observe::PROJECTION_STATE, "projection" => label).set(state);
+    }
     let text = app
         .inner
         .metrics
@@ -724,6 +758,55 @@ async fn get_account(
         })),
     )
         .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    min_position: Option<u64>,
+    limit: Option<u32>,
+    after: Option<String>,
+}
+
+/// The accounts read model. With `min_position`, waits (at most 5 s) until the projection has
+/// processed that position, else 503 `not_caught_up`.
+async fn list_accounts(
+    State(app): State<App>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_LIST).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be from 1 to {MAX_LIST}"),
+        ));
+    }
+    let Some(model) = &app.inner.read_model else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_read_model",
+            "this store keeps no accounts read model",
+        ));
+    };
+    if let Some(position) = q.min_position {
+        let caught_up = model
+            .wait_for(sirenia::Position(position))
+            .await
+            .map_err(|e| store_error(&e))?;
+        if !caught_up {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_caught_up",
+                format!("the read model has not reached position {position} yet; retry"),
+            ));
+        }
+    }
+    let rows = model
+        .list(q.after, limit)
+        .await
+        .map_err(|e| store_error(&e))?;
+    Ok(axum::Json(rows).into_response())
 }
 
 #[derive(Deserialize)]

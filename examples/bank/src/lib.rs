@@ -24,6 +24,7 @@ pub mod http;
 pub mod idempotency;
 pub mod observe;
 pub mod outcome;
+pub mod read_model;
 
 pub use http::{App, router};
 

@@ -7,6 +7,17 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 /// Commands run, labelled `command` (`open`, `deposit`, `withdraw`, `close`) and `outcome`
 /// (`ok`, `rejected`, `conflict`, `error`, `replayed`).
 pub const COMMANDS_TOTAL: &str = "bank_commands_total";
+/// Time from an event's commit to the accounts projection applying it, in seconds.
+pub const DELIVERY_SECONDS: &str = "sirenia_projection_delivery_seconds";
+/// The accounts projection's next position to read, labelled `projection`.
+pub const PROJECTION_POSITION: &str = "sirenia_projection_position";
+/// Events between the accounts projection's checkpoint and the head (dense stores).
+pub const PROJECTION_LAG_EVENTS: &str = "sirenia_projection_lag_events";
+/// Age of the last event the accounts projection handled while behind, in seconds.
+pub const PROJECTION_LAG_SECONDS: &str = "sirenia_projection_lag";
+/// The accounts projection's state on this instance: 0 stopped/standby, 1 catching up,
+/// 2 live, 3 faulted.
+pub const PROJECTION_STATE: &str = "sirenia_projection_state";
 /// HTTP requests, labelled `status`.
 pub const HTTP_REQUESTS_TOTAL: &str = "bank_http_requests_total";
 

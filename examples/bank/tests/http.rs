@@ -40,7 +40,86 @@ on_both_stores!(
     concurrent_repeats_of_one_key_append_once,
     error_answers,
     health_and_metrics,
+    read_model_lists_accounts,
 );
+
+async fn read_model_lists_accounts(backend: Backend) {
+    let server = Server::start(backend).await;
+    let addr = server.addr;
+    let mut ids = Vec::new();
+    for owner in ["Ada", "Grace", "Edsger"] {
+        ids.push(open_account(addr, owner).await);
+    }
+    post(
+        addr,
+        &format!("/accounts/{}/deposits", ids[0]),
+        &json!({ "amount": 70 }),
+        &[],
+    )
+    .await;
+    post(
+        addr,
+        &format!("/accounts/{}/withdrawals", ids[0]),
+        &json!({ "amount": 20 }),
+        &[],
+    )
+    .await;
+    let closed = send(
+        addr,
+        "POST",
+        &format!("/accounts/{}/close", ids[2]),
+        &[],
+        None,
+    )
+    .await;
+    let position = closed.json()["position"].as_u64().unwrap();
+    let list = get(addr, &format!("/accounts?min_position={position}")).await;
+    assert_eq!(list.status, 200, "{}", String::from_utf8_lossy(&list.body));
+    let rows = list.json();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    let row = |id: &str| rows.iter().find(|r| r["id"] == id).unwrap().clone();
+    assert_eq!(
+        row(&ids[0]),
+        json!({ "id": ids[0], "owner": "Ada", "balance": 50, "status": "open" })
+    );
+    assert_eq!(row(&ids[1])["balance"], 0);
+    assert_eq!(row(&ids[2])["status"], "closed");
+    // Paging by id.
+    let mut sorted = ids.clone();
+    sorted.sort();
+    let first = get(addr, &format!("/accounts?min_position={position}&limit=2"))
+        .await
+        .json();
+    assert_eq!(first.as_array().unwrap().len(), 2);
+    assert_eq!(first[0]["id"], sorted[0]);
+    let rest = get(addr, &format!("/accounts?after={}&limit=2", sorted[1]))
+        .await
+        .json();
+    assert_eq!(rest.as_array().unwrap().len(), 1);
+    assert_eq!(rest[0]["id"], sorted[2]);
+    for bad in [
+        "limit=0",
+        "limit=1001",
+        "min_position=-1",
+        "min_position=x",
+        "colour=red",
+    ] {
+        let r = get(addr, &format!("/accounts?{bad}")).await;
+        assert_eq!(
+            (r.status, r.error()),
+            (400, "invalid_query".into()),
+            "{bad}"
+        );
+    }
+    // A position the log has not reached: 503 after the wait.
+    let r = get(
+        addr,
+        &format!("/accounts?min_position={}", position * 1000 + 1_000_000),
+    )
+    .await;
+    assert_eq!((r.status, r.error()), (503, "not_caught_up".into()));
+}
 
 async fn account_lifecycle(backend: Backend) {
     let server = Server::start(backend).await;

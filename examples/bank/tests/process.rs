@@ -122,6 +122,7 @@ async fn check(
 ) {
     let mut stored = Vec::new();
     let mut from = 0;
+    let mut last_position = 0;
     loop {
         let page = get(
             addr,
@@ -134,6 +135,7 @@ async fn check(
             break;
         }
         from += events.len();
+        last_position = events.last().unwrap()["position"].as_u64().unwrap();
         stored.extend(
             events
                 .iter()
@@ -154,6 +156,14 @@ async fn check(
     assert_eq!(
         state["balance"].as_u64().unwrap(),
         stored.iter().sum::<u64>()
+    );
+    // The read model, kept by a projection killed along with the service, agrees exactly.
+    let list = get(addr, &format!("/accounts?min_position={last_position}")).await;
+    assert_eq!(list.status, 200, "{}", String::from_utf8_lossy(&list.body));
+    let row = list.json()[0].clone();
+    assert_eq!(
+        (row["id"].as_str(), row["balance"].as_u64()),
+        (Some(id), state["balance"].as_u64())
     );
     // Repeating an acknowledged request replays its answer and appends nothing.
     let last = *acknowledged.iter().next_back().unwrap();
