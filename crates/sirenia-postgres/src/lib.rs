@@ -734,6 +734,32 @@ impl PostgresStore {
             Direction::Forward => "",
             Direction::Backward => " DESC",
         };
+        if filter.is_all() {
+            // One bound in SQL, the other applied here. With both, a table whose statistics
+            // are stale (say, right after a bulk load, before autovacuum analyzed it) gets a
+            // bitmap scan of the whole range and a sort: hundreds of milliseconds per page
+            // instead of an ordered index scan that stops after `max` rows. Rows past the far
+            // bound are at most `max`, and dropped.
+            let (condition, param): (&str, &(dyn tokio_postgres::types::ToSql + Sync)) =
+                match direction {
+                    Direction::Forward => ("position >= $1", &low),
+                    Direction::Backward => ("position <= $1", &high),
+                };
+            let sql = format!(
+                "{} WHERE {condition} ORDER BY position{order} LIMIT $2",
+                self.shared.sql.select
+            );
+            let mut events = self.query(&sql, &[param, &max]).await?;
+            let keep = events
+                .iter()
+                .position(|e| {
+                    let p = to_i64(e.position.get());
+                    p < low || p > high
+                })
+                .unwrap_or(events.len());
+            events.truncate(keep);
+            return Ok(events);
+        }
         let sql = format!(
             "{} WHERE position >= $1 AND position <= $2{} ORDER BY position{order} LIMIT $3",
             self.shared.sql.select,

@@ -179,8 +179,29 @@ const WRITER_CACHE_KIB: i64 = 16 * 1024;
 /// Page cache of each reader connection, in KiB.
 const READER_CACHE_KIB: i64 = 4 * 1024;
 
+/// Waits for a lock another connection of the file holds: polls every 50 µs for the first
+/// millisecond, then every 200 µs, then every millisecond, giving up after about
+/// [`BUSY_TIMEOUT`]. SQLite's own handler sleeps up to 100 ms at a time, so a connection that
+/// writes while the store's writer commits back to back (a projection) would wait for whole
+/// bursts; polling finely takes the lock in the first gap between two commits.
+pub(crate) fn wait_for_lock(attempt: i32) -> bool {
+    let (sleep, limit) = match attempt {
+        0..20 => (Duration::from_micros(50), true),
+        20..1_020 => (Duration::from_micros(200), true),
+        n => (
+            Duration::from_millis(1),
+            u128::from(n.unsigned_abs()) < 1_020 + BUSY_TIMEOUT.as_millis(),
+        ),
+    };
+    if limit {
+        std::thread::sleep(sleep);
+    }
+    limit
+}
+
 fn configure(conn: &Connection, cache_kib: i64) -> Result<(), StoreError> {
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_error)?;
+    conn.busy_handler(Some(wait_for_lock))
+        .map_err(sqlite_error)?;
     conn.set_prepared_statement_cache_capacity(64);
     conn.pragma_update(None, "temp_store", "memory")
         .map_err(sqlite_error)?;

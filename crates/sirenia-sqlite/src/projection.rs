@@ -20,7 +20,7 @@ use sirenia_core::projection::{
 use sirenia_core::{Position, RecordedEvent, StoreError, Timestamp};
 
 use crate::read::to_i64;
-use crate::{BUSY_TIMEOUT, sqlite_error};
+use crate::sqlite_error;
 
 /// How often a standby instance tries to take a projection's lock.
 pub const LOCK_POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -104,7 +104,8 @@ fn lock_path(path: &Path, name: &str) -> PathBuf {
 /// Opens the file for a projection's writes and checks it has the projection tables.
 pub(crate) fn open_connection(path: &Path, synchronous: &str) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(sqlite_error)?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_error)?;
+    conn.busy_handler(Some(crate::wait_for_lock))
+        .map_err(sqlite_error)?;
     conn.pragma_update(None, "synchronous", synchronous)
         .map_err(sqlite_error)?;
     let version = crate::schema::check(&conn)?;
