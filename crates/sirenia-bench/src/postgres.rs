@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sirenia_core::projection::{HandlerError, ProjectionOptions, Projector};
 use sirenia_core::{EventStore, ExpectedVersion, NewEvent, StreamId, StreamWrite, Uuid};
-use sirenia_postgres::{PostgresOptions, PostgresStore};
+use sirenia_postgres::{PostgresOptions, PostgresProjection, PostgresStore};
 use tokio_postgres::NoTls;
 
 use crate::Scale;
@@ -201,7 +202,7 @@ pub(crate) async fn run(
     keep: &dyn Fn(&str) -> bool,
     rows: &mut Vec<Row>,
 ) -> BenchResult<()> {
-    if !keep("S1 postgres") && !keep("S2 postgres") {
+    if !keep("S1 postgres") && !keep("S2 postgres") && !keep("S8 postgres") {
         return Ok(());
     }
     let id = Uuid::now_v7().simple().to_string();
@@ -278,6 +279,42 @@ pub(crate) async fn run(
                 Some(Goal::Rate(50_000.0)),
             ));
         }
+        if keep("S8 postgres") {
+            fill(&store, scale.read_events).await?;
+            let m = copy_scan(&ours).await?;
+            let copy_rate = m.rate();
+            rows.push(row(
+                "S8 postgres projection catch-up",
+                "COPY (SELECT … ORDER BY position) TO STDOUT",
+                m,
+                None,
+                None,
+            ));
+            let m = read_pages(&store).await?;
+            rows.push(row(
+                "S8 postgres projection catch-up",
+                "sirenia, read_all_page loop alone (no projection)",
+                m,
+                Some(("COPY", copy_rate)),
+                None,
+            ));
+            let m = catch_up(&store).await?;
+            rows.push(row(
+                "S8 postgres projection catch-up",
+                "sirenia, no-op projection, checkpoint per 10k-event transaction",
+                m,
+                Some(("COPY", copy_rate)),
+                Some(Goal::Ratio(0.5)),
+            ));
+            let m = live_latency(&store, scale.duration).await?;
+            rows.push(row(
+                "S8 postgres live delivery",
+                "sirenia, append-to-handler latency, 4 writers",
+                m,
+                None,
+                None,
+            ));
+        }
         BenchResult::Ok(())
     }
     .await;
@@ -287,4 +324,175 @@ pub(crate) async fn run(
         ))
         .await?;
     result
+}
+
+/// Appends 1000-event batches until the log holds at least `events` events.
+async fn fill(store: &PostgresStore, events: u64) -> BenchResult<()> {
+    let mut have = {
+        use futures_util::TryStreamExt;
+        let counted: Vec<_> = store
+            .read_all(
+                sirenia_core::ReadAll::forward().page_size(sirenia_core::limits::MAX_PAGE_SIZE),
+            )
+            .try_collect()
+            .await?;
+        counted.len() as u64
+    };
+    let data: serde_json::Value = serde_json::from_str(PAYLOAD)?;
+    let template = NewEvent::json("MoneyDeposited", &data);
+    let mut i = 0u64;
+    while have < events {
+        let batch: Vec<NewEvent> = (0..1000)
+            .map(|_| template.clone().with_id(sirenia_core::EventId::new()))
+            .collect();
+        let stream = StreamId::new(format!("s8-{}", i % 100))?;
+        store
+            .append(vec![StreamWrite::new(stream, ExpectedVersion::Any, batch)])
+            .await?;
+        have += 1000;
+        i += 1;
+    }
+    Ok(())
+}
+
+/// The raw scan: every row of the log in position order through `COPY … TO STDOUT`.
+async fn copy_scan(schema: &str) -> BenchResult<Measurement> {
+    use futures_util::StreamExt;
+    let client = connect().await?;
+    reset_peak_rss();
+    let start = Instant::now();
+    let stream = client
+        .copy_out(&format!(
+            "COPY (SELECT position, stream_id, revision, event_id, event_type, schema_version, \
+             content_type, data, data_bytes, metadata, recorded_at FROM \"{schema}\".events \
+             ORDER BY position) TO STDOUT"
+        ))
+        .await?;
+    let mut stream = std::pin::pin!(stream);
+    let mut rows = 0u64;
+    while let Some(chunk) = stream.next().await {
+        rows += chunk?.iter().filter(|b| **b == b'\n').count() as u64;
+    }
+    Ok(Measurement {
+        events: rows,
+        elapsed: start.elapsed(),
+        latency: None,
+        peak_rss: crate::report::peak_rss(),
+    })
+}
+
+/// A projection that does nothing but record, for live events, the time since the event's
+/// writer called append.
+struct Probe {
+    latency: Option<Arc<std::sync::Mutex<hdrhistogram::Histogram<u64>>>>,
+}
+
+impl PostgresProjection for Probe {
+    async fn setup(&mut self, _: &tokio_postgres::Transaction<'_>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+    async fn apply(
+        &mut self,
+        _: &tokio_postgres::Transaction<'_>,
+        e: &sirenia_core::RecordedEvent,
+    ) -> Result<(), HandlerError> {
+        if let Some(latency) = &self.latency {
+            crate::report::record_since_sent(latency, e)?;
+        }
+        Ok(())
+    }
+    async fn reset(&mut self, _: &tokio_postgres::Transaction<'_>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+fn projection_options() -> ProjectionOptions {
+    ProjectionOptions {
+        batch_size: sirenia_core::limits::MAX_PAGE_SIZE,
+        ..ProjectionOptions::default()
+    }
+}
+
+async fn catch_up(store: &PostgresStore) -> BenchResult<Measurement> {
+    let target = store.projection("s8-noop", Probe { latency: None });
+    let mut projector = Projector::new("s8-noop", store.clone(), target, projection_options())?;
+    reset_peak_rss();
+    let start = Instant::now();
+    let mut handled = 0;
+    projector.catch_up(|p| handled = p.handled).await?;
+    Ok(Measurement {
+        events: handled,
+        elapsed: start.elapsed(),
+        latency: None,
+        peak_rss: crate::report::peak_rss(),
+    })
+}
+
+async fn live_latency(store: &PostgresStore, duration: Duration) -> BenchResult<Measurement> {
+    let latency = Arc::new(std::sync::Mutex::new(histogram()));
+    let probe = Probe {
+        latency: Some(latency.clone()),
+    };
+    let options = ProjectionOptions {
+        filter: sirenia_core::EventFilter::category("live"),
+        ..projection_options()
+    };
+    let target = store.projection("s8-live", probe);
+    let mut projector = Projector::new("s8-live", store.clone(), target, options)?;
+    projector.catch_up(|_| {}).await?;
+    let mut status = projector.status();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runner = tokio::spawn(async move {
+        projector
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    reset_peak_rss();
+    let start = Instant::now();
+    let events = crate::report::live_writers(store.clone(), 4, duration).await?;
+    let head = store.head_position().await?;
+    sirenia_core::projection::wait_for(&mut status, head, Duration::from_secs(60)).await?;
+    let _ = stop.send(());
+    runner.await??;
+    let latency = latency
+        .lock()
+        .map_err(|_| "latency histogram poisoned")?
+        .clone();
+    Ok(Measurement {
+        events,
+        elapsed: start.elapsed(),
+        latency: Some(latency),
+        peak_rss: crate::report::peak_rss(),
+    })
+}
+
+/// The log read page after page, as a projection reads it, without applying anything.
+async fn read_pages(store: &PostgresStore) -> BenchResult<Measurement> {
+    reset_peak_rss();
+    let start = Instant::now();
+    let mut next = sirenia_core::Position(1);
+    let mut events = 0u64;
+    loop {
+        let page = store
+            .read_all_page(
+                next,
+                sirenia_core::Direction::Forward,
+                &sirenia_core::EventFilter::all(),
+                sirenia_core::limits::MAX_PAGE_SIZE,
+            )
+            .await?;
+        events += page.events.len() as u64;
+        next = page.next;
+        if page.at_end {
+            break;
+        }
+    }
+    Ok(Measurement {
+        events,
+        elapsed: start.elapsed(),
+        latency: None,
+        peak_rss: crate::report::peak_rss(),
+    })
 }

@@ -17,6 +17,63 @@ pub(crate) fn record(latency: &mut Histogram<u64>, since: Instant) -> BenchResul
     Ok(())
 }
 
+/// Microseconds since the Unix epoch.
+pub(crate) fn now_micros() -> u64 {
+    sirenia_core::Timestamp::now().as_micros()
+}
+
+/// Records, for an event carrying `{"sent": µs since the epoch}`, the time since it was sent.
+pub(crate) fn record_since_sent(
+    latency: &std::sync::Mutex<Histogram<u64>>,
+    event: &sirenia_core::RecordedEvent,
+) -> BenchResult<()> {
+    let sent = event.json()?["sent"].as_u64().ok_or("no sent field")?;
+    let micros = now_micros().saturating_sub(sent).max(1);
+    latency
+        .lock()
+        .map_err(|_| "latency histogram poisoned")?
+        .record(micros)?;
+    Ok(())
+}
+
+/// `writers` tasks appending one `{"sent": now}` event per append to `live-<w>` streams for
+/// `duration`; returns how many events they appended.
+pub(crate) async fn live_writers<S: sirenia_core::EventStore>(
+    store: S,
+    writers: usize,
+    duration: Duration,
+) -> BenchResult<u64> {
+    let deadline = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let stream = sirenia_core::StreamId::new(format!("live-{w}"))?;
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let event = sirenia_core::NewEvent::json(
+                    "Ping",
+                    &serde_json::json!({ "sent": now_micros() }),
+                );
+                store
+                    .append(vec![sirenia_core::StreamWrite::new(
+                        stream.clone(),
+                        sirenia_core::ExpectedVersion::Any,
+                        vec![event],
+                    )])
+                    .await?;
+                n += 1;
+            }
+            Ok::<u64, Box<dyn Error + Send + Sync>>(n)
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await??;
+    }
+    Ok(total)
+}
+
 /// Waits for timed tasks started at `start` and merges what they measured.
 pub(crate) async fn collect(
     start: Instant,

@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use rusqlite::{Connection, params};
+use sirenia_core::RecordedEvent;
+use sirenia_core::projection::{HandlerError, ProjectionOptions, Projector};
 use sirenia_core::{
     EventStore, ExpectedVersion, NewEvent, ReadAll, ReadStream, StreamId, StreamWrite, Uuid,
 };
-use sirenia_sqlite::SqliteStore;
+use sirenia_sqlite::{SqliteProjection, SqliteStore};
 
 use crate::Scale;
 use crate::report::{
@@ -351,5 +353,135 @@ pub(crate) async fn run(
             ));
         }
     }
+
+    // S8: catch-up of a no-op projection over the whole log (against plain SQLite reading the
+    // same rows), then live delivery latency while 4 writers append.
+    if keep("S8") {
+        let path = fresh("s8");
+        let store = SqliteStore::open(&path).await?;
+        let template = template();
+        let mut appended = 0u64;
+        while appended < scale.read_events {
+            let batch: Vec<NewEvent> = (0..1000).map(|_| event(&template)).collect();
+            let stream = StreamId::new(format!("s8-{}", (appended / 1000) % 100))?;
+            store
+                .append(vec![StreamWrite::new(stream, ExpectedVersion::Any, batch)])
+                .await?;
+            appended += 1000;
+        }
+        let raw_path = path.clone();
+        let raw = tokio::task::spawn_blocking(move || raw_read(&raw_path, None)).await??;
+        let raw_rate = raw.rate();
+        rows.push(row(
+            "S8 sqlite projection catch-up",
+            "plain SQLite SELECT of the log",
+            raw,
+            None,
+            None,
+        ));
+        let m = catch_up(&store).await?;
+        rows.push(row(
+            "S8 sqlite projection catch-up",
+            "sirenia, no-op projection, checkpoint per 10k-event transaction",
+            m,
+            Some(("plain SQLite", raw_rate)),
+            Some(Goal::Rate(500_000.0)),
+        ));
+        let m = live_latency(&store, scale.duration).await?;
+        rows.push(row(
+            "S8 sqlite live delivery",
+            "sirenia, append-to-handler latency, 4 writers",
+            m,
+            None,
+            None,
+        ));
+    }
     Ok(())
+}
+
+/// A projection that does nothing but record, for live events, the time since the event's
+/// writer called append (its `sent` field, µs since the epoch).
+struct Probe {
+    latency: Option<Arc<std::sync::Mutex<hdrhistogram::Histogram<u64>>>>,
+}
+
+impl SqliteProjection for Probe {
+    fn setup(&mut self, _: &rusqlite::Transaction<'_>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+    fn apply(
+        &mut self,
+        _: &rusqlite::Transaction<'_>,
+        e: &RecordedEvent,
+    ) -> Result<(), HandlerError> {
+        if let Some(latency) = &self.latency {
+            crate::report::record_since_sent(latency, e)?;
+        }
+        Ok(())
+    }
+    fn reset(&mut self, _: &rusqlite::Transaction<'_>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+fn projection_options() -> ProjectionOptions {
+    ProjectionOptions {
+        batch_size: sirenia_core::limits::MAX_PAGE_SIZE,
+        ..ProjectionOptions::default()
+    }
+}
+
+async fn catch_up(store: &SqliteStore) -> BenchResult<Measurement> {
+    let target = store.projection("s8-noop", Probe { latency: None });
+    let mut projector = Projector::new("s8-noop", store.clone(), target, projection_options())?;
+    reset_peak_rss();
+    let start = Instant::now();
+    let mut handled = 0;
+    projector.catch_up(|p| handled = p.handled).await?;
+    Ok(Measurement {
+        events: handled,
+        elapsed: start.elapsed(),
+        latency: None,
+        peak_rss: peak_rss(),
+    })
+}
+
+async fn live_latency(store: &SqliteStore, duration: Duration) -> BenchResult<Measurement> {
+    let latency = Arc::new(std::sync::Mutex::new(histogram()));
+    let probe = Probe {
+        latency: Some(latency.clone()),
+    };
+    let options = ProjectionOptions {
+        filter: sirenia_core::EventFilter::category("live"),
+        ..projection_options()
+    };
+    let target = store.projection("s8-live", probe);
+    let mut projector = Projector::new("s8-live", store.clone(), target, options)?;
+    projector.catch_up(|_| {}).await?;
+    let mut status = projector.status();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runner = tokio::spawn(async move {
+        projector
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    reset_peak_rss();
+    let start = Instant::now();
+    let events = crate::report::live_writers(store.clone(), 4, duration).await?;
+    let head = store.head_position().await?;
+    sirenia_core::projection::wait_for(&mut status, head, Duration::from_secs(60)).await?;
+    let _ = stop.send(());
+    runner.await??;
+    let latency = latency
+        .lock()
+        .map_err(|_| "latency histogram poisoned")?
+        .clone();
+    Ok(Measurement {
+        events,
+        elapsed: start.elapsed(),
+        latency: Some(latency),
+        peak_rss: peak_rss(),
+    })
 }
