@@ -395,6 +395,37 @@ impl<S: EventStore, T: ProjectionTarget> Projector<S, T> {
         }
     }
 
+    /// Blue/green: runs this projector — typically a new version of a read model, writing
+    /// tables of its own beside the old version's — until it has caught up with the head, then
+    /// awaits `promote` (which records that readers should use this version from now on, such
+    /// as `SqliteStore::set_active_version`), then follows the log live until `shutdown`.
+    /// Readers keep using the old version until the switch, so they never see a half-built
+    /// model.
+    pub async fn run_blue_green<F>(
+        &mut self,
+        promote: F,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ProjectionError>
+    where
+        F: Future<Output = Result<(), StoreError>>,
+    {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let caught_up = async {
+            self.ensure_started().await?;
+            while !self.step().await? {}
+            Ok::<_, ProjectionError>(())
+        };
+        tokio::select! {
+            result = caught_up => result?,
+            () = &mut shutdown => {
+                self.status.send_modify(|s| s.state = ProjectionState::Stopped);
+                return Ok(());
+            }
+        }
+        promote.await?;
+        self.run(shutdown).await
+    }
+
     async fn run_forever(&mut self) -> Result<(), ProjectionError> {
         self.ensure_started().await?;
         loop {

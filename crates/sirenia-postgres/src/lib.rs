@@ -357,6 +357,41 @@ impl PostgresStore {
         PostgresTarget::new(self, name, handler)
     }
 
+    /// Records that readers of read model `name` should use `version` from now on: the switch
+    /// of a blue/green rebuild (see `Projector::run_blue_green`).
+    pub async fn set_active_version(&self, name: &str, version: &str) -> Result<(), StoreError> {
+        let s = schema::quote(&self.shared.schema);
+        self.client()
+            .await?
+            .execute(
+                &format!(
+                    "INSERT INTO {s}.projection_versions (name, version, updated_at)
+                     VALUES ($1, $2, now())
+                     ON CONFLICT (name) DO UPDATE SET version = excluded.version,
+                       updated_at = now()"
+                ),
+                &[&name, &version],
+            )
+            .await
+            .map(|_| ())
+            .map_err(pg_error)
+    }
+
+    /// The version of read model `name` readers should use, if one was set.
+    pub async fn active_version(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let s = schema::quote(&self.shared.schema);
+        Ok(self
+            .client()
+            .await?
+            .query_opt(
+                &format!("SELECT version FROM {s}.projection_versions WHERE name = $1"),
+                &[&name],
+            )
+            .await
+            .map_err(pg_error)?
+            .map(|r| r.get(0)))
+    }
+
     /// Checkpoints kept in this database, for an at-least-once projection
     /// ([`AtLeastOnce`](sirenia_core::projection::AtLeastOnce)) into a sink elsewhere.
     pub fn checkpoints(&self) -> PostgresCheckpoints {

@@ -100,7 +100,8 @@ END
 $fn$;
 "#,
     // 2: projections: a checkpoint per projection name (the next position to read) with the
-    // event it is faulted on, and parked (dead-letter) events.
+    // event it is faulted on, parked (dead-letter) events, and the version of each read model
+    // readers should use (blue/green).
     r#"
 CREATE TABLE {s}.projections (
     name          text PRIMARY KEY,
@@ -118,6 +119,11 @@ CREATE TABLE {s}.parked_events (
     attempts   integer NOT NULL,
     parked_at  bigint NOT NULL,
     PRIMARY KEY (name, position)
+);
+CREATE TABLE {s}.projection_versions (
+    name       text PRIMARY KEY,
+    version    text NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
 );
 "#,
 ];

@@ -55,7 +55,7 @@ fn main() {
     if let Ok(schema) = std::env::var(PROJECTOR) {
         return projector_child(&schema);
     }
-    let tests: [(&str, fn()); 6] = [
+    let tests: [(&str, fn()); 7] = [
         (
             "read_model_equals_the_fold_under_concurrent_writers",
             completeness,
@@ -63,6 +63,7 @@ fn main() {
         ("poison_event_parked_then_replayed", poison_park),
         ("poison_event_faults_then_resumes", poison_stop),
         ("rebuild_empties_and_replays", rebuild),
+        ("blue_green_switches_once_caught_up", blue_green),
         ("exactly_once_under_sigkill", sigkill_rounds),
         ("a_standby_process_takes_over", failover),
     ];
@@ -379,6 +380,50 @@ fn poison_stop() {
         assert_eq!(read_model(&schema).await["acct-1"], (7, 3));
         let fault: Option<String> = client.query_one(&fault_sql, &[&NAME]).await.unwrap().get(0);
         assert_eq!(fault, None, "the fault is cleared");
+    });
+}
+
+/// The switch to a new version happens only once it has caught up.
+fn blue_green() {
+    runtime().block_on(async {
+        let guard = fresh();
+        let schema = guard.schema.clone();
+        let store = open(&schema).await;
+        for i in 0..200 {
+            append(&store, &format!("acct-{}", i % 5), vec![amount(i)]).await;
+        }
+        assert_eq!(store.active_version(NAME).await.unwrap(), None);
+        store.set_active_version(NAME, "1").await.unwrap();
+        let target = store.projection(NAME, Sums::new(&schema));
+        let mut projector =
+            Projector::new(NAME, store.clone(), target, quick(OnFailure::Stop)).unwrap();
+        let (probe_store, probe_schema) = (store.clone(), schema.clone());
+        let promote = async move {
+            // Runs at the switch: everything before it is in the new version's table.
+            let model = read_model(&probe_schema).await;
+            let count: i64 = model.values().map(|v| v.1).sum();
+            assert_eq!(count, 200, "switched before the new version caught up");
+            probe_store.set_active_version(NAME, "2").await
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let runner = tokio::spawn(async move {
+            projector
+                .run_blue_green(promote, async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while store.active_version(NAME).await.unwrap().as_deref() != Some("2") {
+            assert!(std::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = stop.send(());
+        runner.await.unwrap().unwrap();
+        assert_eq!(
+            read_model(&schema).await,
+            fold(&store, &EventFilter::category("acct")).await
+        );
     });
 }
 

@@ -372,6 +372,20 @@ impl SqliteStore {
         SqliteTarget::new(name, &self.shared.path, self.shared.synchronous, handler)
     }
 
+    /// Records that readers of read model `name` should use `version` from now on: the switch
+    /// of a blue/green rebuild (see `Projector::run_blue_green`).
+    pub async fn set_active_version(&self, name: &str, version: &str) -> Result<(), StoreError> {
+        let (path, synchronous) = (self.shared.path.clone(), self.shared.synchronous);
+        let (name, version) = (name.to_owned(), version.to_owned());
+        blocking(move || projection::set_active_version(&path, synchronous, &name, &version)).await
+    }
+
+    /// The version of read model `name` readers should use, if one was set.
+    pub async fn active_version(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let (path, name) = (self.shared.path.clone(), name.to_owned());
+        blocking(move || projection::active_version(&path, &name)).await
+    }
+
     /// Checkpoints kept in this file, for an at-least-once projection
     /// ([`AtLeastOnce`](sirenia_core::projection::AtLeastOnce)) into a sink elsewhere.
     pub fn checkpoints(&self) -> SqliteCheckpoints {

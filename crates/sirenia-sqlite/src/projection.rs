@@ -504,3 +504,37 @@ impl CheckpointStore for SqliteCheckpoints {
         .await
     }
 }
+
+/// The version of read model `name` readers should use (blue/green), if one was set.
+pub(crate) fn active_version(path: &Path, name: &str) -> Result<Option<String>, StoreError> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(sqlite_error)?;
+    conn.busy_handler(Some(crate::wait_for_lock))
+        .map_err(sqlite_error)?;
+    conn.query_row(
+        "SELECT version FROM projection_versions WHERE name = ?1",
+        [name],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(sqlite_error)
+}
+
+/// Records that readers of read model `name` should use `version`.
+pub(crate) fn set_active_version(
+    path: &Path,
+    synchronous: &str,
+    name: &str,
+    version: &str,
+) -> Result<(), StoreError> {
+    let mut conn = open_connection(path, synchronous)?;
+    let tx = immediate(&mut conn)?;
+    tx.execute(
+        "INSERT INTO projection_versions (name, version, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET version = excluded.version,
+           updated_at = excluded.updated_at",
+        params![name, version, to_i64(Timestamp::now().as_micros())],
+    )
+    .map_err(sqlite_error)?;
+    tx.commit().map_err(sqlite_error)
+}

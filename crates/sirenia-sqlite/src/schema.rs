@@ -29,7 +29,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
      CREATE UNIQUE INDEX events_stream_revision ON events (stream_id, revision);
      CREATE UNIQUE INDEX events_event_id ON events (event_id);",
     // 2: projections. A checkpoint per projection name (the next position to read) with the
-    // event it is faulted on, if any; parked (dead-letter) events per projection.
+    // event it is faulted on, if any; parked (dead-letter) events per projection; the version
+    // of each read model readers should use (blue/green).
     "CREATE TABLE projections (
         name          TEXT    PRIMARY KEY,
         next_position INTEGER NOT NULL,
@@ -46,6 +47,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         attempts   INTEGER NOT NULL,
         parked_at  INTEGER NOT NULL,
         PRIMARY KEY (name, position)
+     ) STRICT;
+     CREATE TABLE projection_versions (
+        name       TEXT    PRIMARY KEY,
+        version    TEXT    NOT NULL,
+        updated_at INTEGER NOT NULL
      ) STRICT;",
 ];
 

@@ -53,7 +53,7 @@ fn main() {
     if let Ok(path) = std::env::var(PROJECTOR) {
         return projector_child(Path::new(&path));
     }
-    let tests: [(&str, fn()); 6] = [
+    let tests: [(&str, fn()); 7] = [
         (
             "read_model_equals_the_fold_under_concurrent_writers",
             completeness,
@@ -61,6 +61,7 @@ fn main() {
         ("poison_event_parked_then_replayed", poison_park),
         ("poison_event_faults_then_resumes", poison_stop),
         ("rebuild_empties_and_replays", rebuild),
+        ("blue_green_switches_once_caught_up", blue_green),
         ("exactly_once_under_sigkill", sigkill_rounds),
         ("a_standby_process_takes_over", failover),
     ];
@@ -85,17 +86,32 @@ fn main() {
 
 /// Per stream: the sum of `amount` and the number of events, in table `sums`. Fails on
 /// `{"poison": true}` while `broken` is set.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Sums {
     broken: Arc<AtomicBool>,
+    /// The read model's table (a blue/green version writes its own).
+    table: &'static str,
+    /// Multiplies amounts: a new version computing something else.
+    factor: i64,
+}
+
+impl Default for Sums {
+    fn default() -> Self {
+        Sums {
+            broken: Arc::default(),
+            table: "sums",
+            factor: 1,
+        }
+    }
 }
 
 impl SqliteProjection for Sums {
     fn setup(&mut self, tx: &Transaction<'_>) -> Result<(), HandlerError> {
-        tx.execute_batch(
-            "CREATE TABLE IF NOT EXISTS sums (
+        tx.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {} (
                 stream TEXT PRIMARY KEY, total INTEGER NOT NULL, count INTEGER NOT NULL)",
-        )?;
+            self.table
+        ))?;
         Ok(())
     }
 
@@ -104,19 +120,20 @@ impl SqliteProjection for Sums {
         if data["poison"] == true && self.broken.load(Ordering::SeqCst) {
             return Err("poisoned".into());
         }
-        tx.prepare_cached(
-            "INSERT INTO sums (stream, total, count) VALUES (?1, ?2, 1)
+        tx.prepare_cached(&format!(
+            "INSERT INTO {} (stream, total, count) VALUES (?1, ?2, 1)
              ON CONFLICT (stream) DO UPDATE SET total = total + excluded.total, count = count + 1",
-        )?
+            self.table
+        ))?
         .execute(rusqlite::params![
             event.stream_id.as_str(),
-            data["amount"].as_i64().unwrap_or(0)
+            data["amount"].as_i64().unwrap_or(0) * self.factor
         ])?;
         Ok(())
     }
 
     fn reset(&mut self, tx: &Transaction<'_>) -> Result<(), HandlerError> {
-        tx.execute("DELETE FROM sums", [])?;
+        tx.execute(&format!("DELETE FROM {}", self.table), [])?;
         Ok(())
     }
 }
@@ -124,9 +141,13 @@ impl SqliteProjection for Sums {
 type Model = BTreeMap<String, (i64, i64)>;
 
 fn read_model(path: &Path) -> Model {
+    read_table(path, "sums")
+}
+
+fn read_table(path: &Path, table: &str) -> Model {
     let conn = Connection::open(path).unwrap();
     let mut stmt = conn
-        .prepare("SELECT stream, total, count FROM sums")
+        .prepare(&format!("SELECT stream, total, count FROM {table}"))
         .unwrap();
     stmt.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
         .unwrap()
@@ -360,6 +381,102 @@ fn rebuild() {
             "resumed at its checkpoint"
         );
     });
+}
+
+/// Version 2 of a read model is built beside version 1 while events keep coming; readers are
+/// switched to it only once it has caught up, and it then follows the log like version 1.
+fn blue_green() {
+    let runtime = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let store = runtime.block_on(SqliteStore::open(&path)).unwrap();
+    runtime.block_on(async {
+        for i in 0..300 {
+            append(&store, &format!("acct-{}", i % 5), vec![amount(i)]).await;
+        }
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let appender = start_appender(&runtime, &store, &stop, 5);
+    let version = |table: &'static str, factor: i64, v: &'static str| {
+        let store = store.clone();
+        let handler = Sums {
+            table,
+            factor,
+            ..Sums::default()
+        };
+        runtime.spawn(async move {
+            let name = format!("sums@{v}");
+            let target = store.projection(&name, handler);
+            let mut projector =
+                Projector::new(name, store.clone(), target, quick(OnFailure::Stop)).unwrap();
+            let promote = store.set_active_version("sums", v);
+            projector
+                .run_blue_green(promote, std::future::pending())
+                .await
+        })
+    };
+    let v1 = version("sums_v1", 1, "1");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while runtime
+        .block_on(store.active_version("sums"))
+        .unwrap()
+        .as_deref()
+        != Some("1")
+    {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let head_before_v2 = runtime.block_on(store.head_position()).unwrap();
+    let v2 = version("sums_v2", 10, "2");
+    while runtime
+        .block_on(store.active_version("sums"))
+        .unwrap()
+        .as_deref()
+        != Some("2")
+    {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // At the switch, version 2 already holds at least every event recorded before it started:
+    // readers never see it half-built.
+    let at_switch: i64 = read_table(&path, "sums_v2").values().map(|v| v.1).sum();
+    let events: Vec<RecordedEvent> = runtime
+        .block_on(
+            store
+                .read_all(ReadAll::forward().filter(EventFilter::category("acct")))
+                .try_collect(),
+        )
+        .unwrap();
+    let before = events
+        .iter()
+        .filter(|e| e.position <= head_before_v2)
+        .count();
+    assert!(
+        at_switch >= i64::try_from(before).unwrap(),
+        "switched with {at_switch} of {before} events applied"
+    );
+    stop.store(true, Ordering::SeqCst);
+    runtime.block_on(appender).unwrap();
+    let head = runtime.block_on(store.head_position()).unwrap();
+    let expected = runtime.block_on(fold(&store, &EventFilter::category("acct")));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (t1, t2) = (read_table(&path, "sums_v1"), read_table(&path, "sums_v2"));
+        let tenfold: Model = expected
+            .iter()
+            .map(|(k, (total, count))| (k.clone(), (total * 10, *count)))
+            .collect();
+        if t1 == expected && t2 == tenfold {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "versions did not converge at {head}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    v1.abort();
+    v2.abort();
 }
 
 // ---------------------------------------------------------------------------------------------

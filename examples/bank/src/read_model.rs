@@ -15,8 +15,12 @@ use tokio::sync::watch;
 
 use crate::account::{Account, AccountEvent};
 
-/// The projection's name (its checkpoint row).
+/// The read model's name; readers look up its active version under it.
 pub const PROJECTION: &str = "bank-accounts";
+/// The version of the read model this build keeps: a build that changes the table or the way
+/// events fold into it bumps it, builds its tables beside the previous version's (blue/green)
+/// and switches readers over once it has caught up.
+pub const VERSION: &str = "1";
 /// Longest wait of `GET /accounts?min_position=`.
 pub const MAX_WAIT: Duration = Duration::from_secs(5);
 /// How often a wait looks at the stored checkpoint.
@@ -73,18 +77,40 @@ fn account_id(event: &RecordedEvent) -> &str {
     stream.split_once('-').map_or(stream, |(_, id)| id)
 }
 
+/// The table of read-model version `version` (a short alphanumeric text).
+fn table(version: &str) -> Result<String, StoreError> {
+    if version.is_empty()
+        || version.len() > 16
+        || !version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(StoreError::Corrupt {
+            message: format!("read model version {version:?} is not a short alphanumeric text"),
+        });
+    }
+    Ok(format!("bank_accounts_v{version}"))
+}
+
+/// The projection (checkpoint) name of read-model version `version`.
+fn projection_name(version: &str) -> String {
+    format!("{PROJECTION}@{version}")
+}
+
 /// The projection on the embedded store.
 pub struct SqliteAccounts {
     codec: JsonCodec<AccountEvent>,
+    table: String,
 }
 
 impl SqliteProjection for SqliteAccounts {
     fn setup(&mut self, tx: &rusqlite::Transaction<'_>) -> Result<(), HandlerError> {
-        tx.execute_batch(
-            "CREATE TABLE IF NOT EXISTS bank_accounts (
+        tx.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {} (
                 id TEXT PRIMARY KEY, owner TEXT NOT NULL, balance INTEGER NOT NULL,
                 status TEXT NOT NULL) STRICT",
-        )?;
+            self.table
+        ))?;
         Ok(())
     }
 
@@ -94,21 +120,24 @@ impl SqliteProjection for SqliteAccounts {
         event: &RecordedEvent,
     ) -> Result<(), HandlerError> {
         let id = account_id(event);
+        let table = &self.table;
         for change in change(&self.codec, event)? {
             match change {
                 Change::Open { owner } => tx
-                    .prepare_cached(
-                        "INSERT INTO bank_accounts (id, owner, balance, status)
-                         VALUES (?1, ?2, 0, 'open') ON CONFLICT (id) DO NOTHING",
-                    )?
+                    .prepare_cached(&format!(
+                        "INSERT INTO {table} (id, owner, balance, status)
+                         VALUES (?1, ?2, 0, 'open') ON CONFLICT (id) DO NOTHING"
+                    ))?
                     .execute(rusqlite::params![id, owner])?,
                 Change::Add(amount) => tx
-                    .prepare_cached(
-                        "UPDATE bank_accounts SET balance = balance + ?2 WHERE id = ?1",
-                    )?
+                    .prepare_cached(&format!(
+                        "UPDATE {table} SET balance = balance + ?2 WHERE id = ?1"
+                    ))?
                     .execute(rusqlite::params![id, amount])?,
                 Change::Close => tx
-                    .prepare_cached("UPDATE bank_accounts SET status = 'closed' WHERE id = ?1")?
+                    .prepare_cached(&format!(
+                        "UPDATE {table} SET status = 'closed' WHERE id = ?1"
+                    ))?
                     .execute([id])?,
             };
         }
@@ -116,7 +145,7 @@ impl SqliteProjection for SqliteAccounts {
     }
 
     fn reset(&mut self, tx: &rusqlite::Transaction<'_>) -> Result<(), HandlerError> {
-        tx.execute("DELETE FROM bank_accounts", [])?;
+        tx.execute(&format!("DELETE FROM {}", self.table), [])?;
         Ok(())
     }
 }
@@ -204,39 +233,46 @@ impl Drop for ReadModel {
     }
 }
 
-fn pg_table(store: &sirenia::PostgresStore) -> String {
-    format!("\"{}\".bank_accounts", store.schema())
+fn pg_table(store: &sirenia::PostgresStore, version: &str) -> Result<String, StoreError> {
+    Ok(format!("\"{}\".{}", store.schema(), table(version)?))
 }
 
 impl ReadModel {
-    /// Starts the projection on `store` in a task of its own (it waits as a standby while
-    /// another instance holds the projection).
+    /// Starts the projection of this build's version on `store` in a task of its own (it waits
+    /// as a standby while another instance holds the projection). Once it has caught up it
+    /// becomes the version readers use.
     pub fn start(store: &AnyStore) -> Result<Self, sirenia::projection::ProjectionError> {
         let codec = JsonCodec::<AccountEvent>::new();
+        let name = projection_name(VERSION);
+        let table = table(VERSION)?;
         let (status, task) = match store {
             AnyStore::Sqlite(s) => {
-                let target = s.projection(PROJECTION, SqliteAccounts { codec });
-                spawn(Projector::new(
-                    PROJECTION,
-                    store.clone(),
-                    target,
-                    options(),
-                )?)
+                let target = s.projection(&name, SqliteAccounts { codec, table });
+                let promote_store = s.clone();
+                spawn(
+                    Projector::new(name, store.clone(), target, options())?,
+                    move || {
+                        let s = promote_store.clone();
+                        Box::pin(async move { s.set_active_version(PROJECTION, VERSION).await })
+                    },
+                )
             }
             AnyStore::Postgres(s) => {
                 let target = s.projection(
-                    PROJECTION,
+                    &name,
                     PostgresAccounts {
                         codec,
-                        table: pg_table(s),
+                        table: pg_table(s, VERSION)?,
                     },
                 );
-                spawn(Projector::new(
-                    PROJECTION,
-                    store.clone(),
-                    target,
-                    options(),
-                )?)
+                let promote_store = s.clone();
+                spawn(
+                    Projector::new(name, store.clone(), target, options())?,
+                    move || {
+                        let s = promote_store.clone();
+                        Box::pin(async move { s.set_active_version(PROJECTION, VERSION).await })
+                    },
+                )
             }
             _ => {
                 return Err(sirenia::projection::ProjectionError::InvalidOptions(
@@ -251,6 +287,16 @@ impl ReadModel {
         })
     }
 
+    /// The version readers use: the one last switched to, else this build's.
+    pub async fn active_version(&self) -> Result<String, StoreError> {
+        let active = match &self.store {
+            AnyStore::Sqlite(s) => s.active_version(PROJECTION).await?,
+            AnyStore::Postgres(s) => s.active_version(PROJECTION).await?,
+            _ => None,
+        };
+        Ok(active.unwrap_or_else(|| VERSION.to_owned()))
+    }
+
     /// This instance's projector status (a standby reports `stopped`).
     pub fn status(&self) -> ProjectionStatus {
         self.status.borrow().clone()
@@ -259,7 +305,7 @@ impl ReadModel {
     /// The stored checkpoint: the next position the projection will read, whichever instance
     /// runs it.
     pub async fn checkpoint(&self) -> Result<Position, StoreError> {
-        let name = PROJECTION.to_owned();
+        let name = projection_name(&self.active_version().await?);
         match &self.store {
             AnyStore::Sqlite(s) => {
                 let path = s.path().to_owned();
@@ -334,6 +380,7 @@ impl ReadModel {
         limit: u32,
     ) -> Result<Vec<AccountRow>, StoreError> {
         let after = after.unwrap_or_default();
+        let version = self.active_version().await?;
         match &self.store {
             AnyStore::Sqlite(s) => {
                 let path = s.path().to_owned();
@@ -344,10 +391,11 @@ impl ReadModel {
                     )
                     .map_err(|e| StoreError::backend("cannot read the read model", e))?;
                     let mut stmt = conn
-                        .prepare(
-                            "SELECT id, owner, balance, status FROM bank_accounts
+                        .prepare(&format!(
+                            "SELECT id, owner, balance, status FROM {}
                              WHERE id > ?1 ORDER BY id LIMIT ?2",
-                        )
+                            table(&version)?
+                        ))
                         .map_err(|e| StoreError::backend("cannot read the read model", e))?;
                     let rows = stmt
                         .query_map(rusqlite::params![after, limit], |r| {
@@ -372,7 +420,7 @@ impl ReadModel {
                         &format!(
                             "SELECT id, owner, balance, status FROM {} WHERE id > $1
                              ORDER BY id LIMIT $2",
-                            pg_table(s)
+                            pg_table(s, &version)?
                         ),
                         &[&after, &i64::from(limit)],
                     )
@@ -393,17 +441,32 @@ impl ReadModel {
     }
 }
 
+/// How a version switches readers over to itself.
+type Promote = Box<
+    dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>
+        + Send
+        + Sync,
+>;
+
 fn spawn<T: sirenia::projection::ProjectionTarget>(
     mut projector: Projector<AnyStore, T>,
+    promote: impl Fn() -> std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>
+    + Send
+    + Sync
+    + 'static,
 ) -> (
     watch::Receiver<ProjectionStatus>,
     tokio::task::JoinHandle<()>,
 ) {
+    let promote: Promote = Box::new(promote);
     let status = projector.status();
     let task = tokio::spawn(async move {
         // Retry after a storage failure; a fault stops it (its status says why).
         loop {
-            match projector.run(std::future::pending()).await {
+            match projector
+                .run_blue_green(promote(), std::future::pending())
+                .await
+            {
                 Ok(()) => return,
                 Err(sirenia::projection::ProjectionError::Faulted(failed)) => {
                     tracing::error!(position = %failed.position, error = %failed.error,
