@@ -145,6 +145,19 @@ pub struct Checkpoint {
     pub fault: Option<FailedEvent>,
 }
 
+/// A projection as its store records it (what an operator's `status` shows).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredProjection {
+    /// Its name.
+    pub name: String,
+    /// The next position it will read.
+    pub next: Position,
+    /// The event it is faulted on, if any.
+    pub fault: Option<FailedEvent>,
+    /// How many events it parked.
+    pub parked: u64,
+}
+
 /// A projection's status, as [`Projector::status`] publishes it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProjectionStatus {

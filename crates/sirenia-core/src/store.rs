@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ExistingEvent, InvalidAppend, Limit, StoreError};
 use crate::event::{NewEvent, RecordedEvent};
-use crate::id::{EventId, ExpectedVersion, Position, StreamId};
+use crate::id::{EventId, ExpectedVersion, Position, StreamId, Timestamp};
 use crate::limits::{
     DEFAULT_PAGE_SIZE, MAX_APPEND_BYTES, MAX_CONTENT_TYPE_BYTES, MAX_EVENT_BYTES,
     MAX_EVENT_TYPE_BYTES, MAX_EVENTS_PER_APPEND, MAX_METADATA_BYTES, MAX_PAGE_SIZE,
@@ -722,4 +722,77 @@ pub fn classify_write(
         first_position: Some(first.position),
         last_position: Some(last.position),
     }))
+}
+
+/// Most events one import batch carries.
+pub const IMPORT_BATCH_EVENTS: usize = 1_000;
+/// Most payload bytes one import batch carries.
+const IMPORT_BATCH_BYTES: usize = crate::limits::MAX_APPEND_BYTES / 2;
+
+/// One append of an import: recorded events written back with their ids, types, payloads and
+/// metadata, each stream at the revision it had (`Exact`), and the original `recorded_at` of
+/// every event, in the order of the writes' events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportBatch {
+    /// The writes, in log order.
+    pub writes: Vec<StreamWrite>,
+    /// `recorded_at` of each event, in order across the writes.
+    pub recorded_at: Vec<Timestamp>,
+}
+
+/// Cuts a log (events in position order) into import batches: consecutive events, at most
+/// [`IMPORT_BATCH_EVENTS`] and within the append limits each, a stream appearing in at most one
+/// write of a batch. Appending the batches in order rebuilds the log's streams, order, ids,
+/// metadata and timestamps (positions are the target store's own).
+pub fn import_batches(events: impl IntoIterator<Item = RecordedEvent>) -> Vec<ImportBatch> {
+    let mut batches = Vec::new();
+    let mut writes: Vec<StreamWrite> = Vec::new();
+    let mut recorded_at = Vec::new();
+    let mut bytes = 0usize;
+    let mut seen = HashSet::new();
+    for event in events {
+        let size = event.data.len() + event.event_type.len() + event.content_type.len() + 64;
+        let same_stream = writes.last().is_some_and(|w| w.stream == event.stream_id);
+        let full = recorded_at.len() >= IMPORT_BATCH_EVENTS
+            || bytes + size > IMPORT_BATCH_BYTES
+            || (!same_stream
+                && (seen.contains(&event.stream_id)
+                    || writes.len() >= crate::limits::MAX_STREAMS_PER_APPEND));
+        if full && !writes.is_empty() {
+            batches.push(ImportBatch {
+                writes: std::mem::take(&mut writes),
+                recorded_at: std::mem::take(&mut recorded_at),
+            });
+            bytes = 0;
+            seen.clear();
+        }
+        let new = NewEvent {
+            id: event.id,
+            event_type: event.event_type,
+            schema_version: event.schema_version,
+            content_type: event.content_type,
+            data: event.data,
+            metadata: event.metadata,
+        };
+        match writes.last_mut() {
+            Some(w) if w.stream == event.stream_id => w.events.push(new),
+            _ => {
+                seen.insert(event.stream_id.clone());
+                writes.push(StreamWrite::new(
+                    event.stream_id,
+                    ExpectedVersion::Exact(event.revision),
+                    vec![new],
+                ));
+            }
+        }
+        recorded_at.push(event.recorded_at);
+        bytes += size;
+    }
+    if !writes.is_empty() {
+        batches.push(ImportBatch {
+            writes,
+            recorded_at,
+        });
+    }
+    batches
 }

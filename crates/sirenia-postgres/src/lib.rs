@@ -357,6 +357,66 @@ impl PostgresStore {
         PostgresTarget::new(self, name, handler)
     }
 
+    /// Appends one batch of an import (see [`sirenia_core::store::import_batches`]): like an
+    /// append, in one transaction, and each event keeps its original `recorded_at`.
+    /// Re-importing a batch that is already stored writes nothing (event ids are idempotent).
+    pub async fn import(
+        &self,
+        batch: sirenia_core::store::ImportBatch,
+    ) -> Result<AppendResult, StoreError> {
+        let events = validate_append(&batch.writes)?;
+        if batch.recorded_at.len() != events {
+            return Err(StoreError::InvalidOptions {
+                message: format!(
+                    "an import batch of {events} events carries {} timestamps",
+                    batch.recorded_at.len()
+                ),
+            });
+        }
+        let mut client = self.client().await?;
+        let mut tx = client.transaction().await.map_err(pg_error)?;
+        // Stamped by event id: exact whether the events were just appended or already there.
+        let ids: Vec<uuid::Uuid> = batch
+            .writes
+            .iter()
+            .flat_map(|w| w.events.iter().map(|e| *e.id.as_uuid()))
+            .collect();
+        let stamps: Vec<std::time::SystemTime> = batch
+            .recorded_at
+            .iter()
+            .map(|t| t.to_system_time())
+            .collect();
+        let result = self.append_in_transaction(&mut tx, batch.writes).await?;
+        let s = schema::quote(&self.shared.schema);
+        tx.execute(
+            &format!(
+                "UPDATE {s}.events SET recorded_at = t.ts
+                 FROM unnest($1::uuid[], $2::timestamptz[]) AS t(id, ts) WHERE event_id = t.id"
+            ),
+            &[&ids, &stamps],
+        )
+        .await
+        .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        self.announce();
+        Ok(result)
+    }
+
+    /// Every projection recorded in the schema: checkpoint, fault and parked count.
+    pub async fn projections(
+        &self,
+    ) -> Result<Vec<sirenia_core::projection::StoredProjection>, StoreError> {
+        projection::stored_projections(self).await
+    }
+
+    /// The events projection `name` parked.
+    pub async fn parked(
+        &self,
+        name: &str,
+    ) -> Result<Vec<sirenia_core::projection::FailedEvent>, StoreError> {
+        projection::stored_parked(self, name).await
+    }
+
     /// Records that readers of read model `name` should use `version` from now on: the switch
     /// of a blue/green rebuild (see `Projector::run_blue_green`).
     pub async fn set_active_version(&self, name: &str, version: &str) -> Result<(), StoreError> {

@@ -425,3 +425,44 @@ impl CheckpointStore for PostgresCheckpoints {
         tx.commit().await.map_err(pg_error)
     }
 }
+
+/// Every projection recorded in the schema.
+pub(crate) async fn stored_projections(
+    store: &PostgresStore,
+) -> Result<Vec<sirenia_core::projection::StoredProjection>, StoreError> {
+    let client = store.client().await?;
+    let sql = Sql::new(store.schema());
+    let s = quote(store.schema());
+    let rows = client
+        .query(
+            &format!(
+                "SELECT p.name, (SELECT count(*) FROM {s}.parked_events e WHERE e.name = p.name)
+                 FROM {s}.projections p ORDER BY p.name"
+            ),
+            &[],
+        )
+        .await
+        .map_err(pg_error)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let name: String = row.get(0);
+        let parked: i64 = row.get(1);
+        let checkpoint = load_checkpoint(&**client, &sql, &name).await?;
+        out.push(sirenia_core::projection::StoredProjection {
+            name,
+            next: checkpoint.next,
+            fault: checkpoint.fault,
+            parked: u64::try_from(parked).unwrap_or(0),
+        });
+    }
+    Ok(out)
+}
+
+/// The parked events of projection `name`.
+pub(crate) async fn stored_parked(
+    store: &PostgresStore,
+    name: &str,
+) -> Result<Vec<FailedEvent>, StoreError> {
+    let client = store.client().await?;
+    list_parked(&**client, &Sql::new(store.schema()), name).await
+}

@@ -372,6 +372,57 @@ impl SqliteStore {
         SqliteTarget::new(name, &self.shared.path, self.shared.synchronous, handler)
     }
 
+    /// Appends one batch of an import (see [`sirenia_core::store::import_batches`]): like an
+    /// append, and each event keeps its original `recorded_at`. Re-importing a batch that is
+    /// already stored writes nothing (event ids are idempotent).
+    pub async fn import(
+        &self,
+        batch: sirenia_core::store::ImportBatch,
+    ) -> Result<AppendResult, StoreError> {
+        let events = validate_append(&batch.writes)?;
+        if batch.recorded_at.len() != events {
+            return Err(StoreError::InvalidOptions {
+                message: format!(
+                    "an import batch of {events} events carries {} timestamps",
+                    batch.recorded_at.len()
+                ),
+            });
+        }
+        let Some(queue) = &self.shared.writer else {
+            return Err(StoreError::WritesDisabled {
+                reason: "the store was opened read-only".to_owned(),
+            });
+        };
+        let (reply, answer) = oneshot::channel();
+        queue
+            .send(writer::WriteRequest {
+                writes: batch.writes,
+                events,
+                recorded_at: Some(batch.recorded_at),
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Every projection recorded in this file: checkpoint, fault and parked count.
+    pub async fn projections(
+        &self,
+    ) -> Result<Vec<sirenia_core::projection::StoredProjection>, StoreError> {
+        let path = self.shared.path.clone();
+        blocking(move || projection::stored_projections(&path)).await
+    }
+
+    /// The events projection `name` parked.
+    pub async fn parked(
+        &self,
+        name: &str,
+    ) -> Result<Vec<sirenia_core::projection::FailedEvent>, StoreError> {
+        let (path, name) = (self.shared.path.clone(), name.to_owned());
+        blocking(move || projection::stored_parked(&path, &name)).await
+    }
+
     /// Records that readers of read model `name` should use `version` from now on: the switch
     /// of a blue/green rebuild (see `Projector::run_blue_green`).
     pub async fn set_active_version(&self, name: &str, version: &str) -> Result<(), StoreError> {
@@ -475,6 +526,7 @@ impl EventStore for SqliteStore {
             .send(writer::WriteRequest {
                 writes,
                 events,
+                recorded_at: None,
                 reply,
             })
             .await

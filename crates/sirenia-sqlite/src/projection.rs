@@ -538,3 +538,41 @@ pub(crate) fn set_active_version(
     .map_err(sqlite_error)?;
     tx.commit().map_err(sqlite_error)
 }
+
+/// Every projection recorded in the file, by name.
+pub(crate) fn stored_projections(
+    path: &Path,
+) -> Result<Vec<sirenia_core::projection::StoredProjection>, StoreError> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(sqlite_error)?;
+    let mut stmt = conn
+        .prepare(
+            "SELECT p.name, (SELECT count(*) FROM parked_events e WHERE e.name = p.name)
+             FROM projections p ORDER BY p.name",
+        )
+        .map_err(sqlite_error)?;
+    let names: Vec<(String, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(sqlite_error)?
+        .collect::<Result<_, _>>()
+        .map_err(sqlite_error)?;
+    names
+        .into_iter()
+        .map(|(name, parked)| {
+            let checkpoint = load_checkpoint(&conn, &name)?;
+            Ok(sirenia_core::projection::StoredProjection {
+                name,
+                next: checkpoint.next,
+                fault: checkpoint.fault,
+                parked: u64::try_from(parked).unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+/// The parked events of projection `name`.
+pub(crate) fn stored_parked(path: &Path, name: &str) -> Result<Vec<FailedEvent>, StoreError> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(sqlite_error)?;
+    list_parked(&conn, name)
+}

@@ -33,6 +33,8 @@ pub(crate) const GROUP_LINGER: std::time::Duration = std::time::Duration::from_m
 pub(crate) struct WriteRequest {
     pub(crate) writes: Vec<StreamWrite>,
     pub(crate) events: usize,
+    /// An import: the `recorded_at` of each event, in order across the writes.
+    pub(crate) recorded_at: Option<Vec<Timestamp>>,
     pub(crate) reply: oneshot::Sender<Result<AppendResult, StoreError>>,
 }
 
@@ -72,6 +74,8 @@ pub(crate) struct Writer {
     counters: Arc<Counters>,
     head: u64,
     clock: Timestamp,
+    /// The latest `recorded_at` an import wrote in the open group.
+    imported_clock: Timestamp,
     disabled: Option<String>,
     head_tx: watch::Sender<Position>,
 }
@@ -101,6 +105,7 @@ impl Writer {
             counters,
             head,
             clock: Timestamp::from_micros(u64::try_from(clock).unwrap_or(0)),
+            imported_clock: Timestamp::EPOCH,
             disabled: None,
             head_tx,
         })
@@ -160,11 +165,12 @@ impl Writer {
             return;
         }
         let now = Timestamp::now().max(self.clock);
+        self.imported_clock = Timestamp::EPOCH;
         let start_head = self.head;
         let mut results = Vec::with_capacity(group.len());
         match self.run_group(group, now, &mut results) {
             Ok(()) => {
-                self.clock = now;
+                self.clock = now.max(self.imported_clock);
                 let appended = results.iter().filter(|r| r.is_ok()).count() as u64;
                 self.counters.commits.fetch_add(1, Ordering::Relaxed);
                 self.counters.appends.fetch_add(appended, Ordering::Relaxed);
@@ -208,8 +214,11 @@ impl Writer {
     ) -> Result<(), rusqlite::Error> {
         self.control("BEGIN IMMEDIATE")?;
         for request in group {
-            let outcome = match self.apply(&request.writes, now, Mode::Fast) {
-                Err(ApplyError::DuplicateId) => self.apply(&request.writes, now, Mode::Careful),
+            let stamps = request.recorded_at.as_deref();
+            let outcome = match self.apply(&request.writes, now, Mode::Fast, stamps) {
+                Err(ApplyError::DuplicateId) => {
+                    self.apply(&request.writes, now, Mode::Careful, stamps)
+                }
                 other => other,
             };
             match outcome {
@@ -238,6 +247,7 @@ impl Writer {
         writes: &[StreamWrite],
         now: Timestamp,
         mode: Mode,
+        recorded_at: Option<&[Timestamp]>,
     ) -> Result<AppendResult, ApplyError> {
         let mut plan = Vec::with_capacity(writes.len());
         for write in writes {
@@ -268,11 +278,19 @@ impl Writer {
         }
         let head_before = self.head;
         let mut streams = Vec::with_capacity(writes.len());
+        let mut offset = 0usize;
         for (write, planned) in writes.iter().zip(plan) {
+            let stamps = recorded_at.map(|r| &r[offset..offset + write.events.len()]);
+            offset += write.events.len();
             match planned {
                 Err(original) => streams.push(original),
                 Ok(first_revision) => match self.insert(write, first_revision, now) {
-                    Ok(appended) => streams.push(appended),
+                    Ok(appended) => {
+                        if let (Some(stamps), Some(first)) = (stamps, appended.first_position) {
+                            self.restamp(first, stamps)?;
+                        }
+                        streams.push(appended);
+                    }
                     // Undo what this append inserted before refusing it (or deciding again).
                     Err(e @ (ApplyError::DuplicateId | ApplyError::Rejected(_))) => {
                         self.conn
@@ -286,6 +304,22 @@ impl Writer {
             }
         }
         Ok(AppendResult { streams })
+    }
+
+    /// An import keeps each event's original `recorded_at`.
+    fn restamp(&mut self, first: Position, stamps: &[Timestamp]) -> Result<(), ApplyError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("UPDATE events SET recorded_at = ?2 WHERE position = ?1")?;
+        for (i, stamp) in stamps.iter().enumerate() {
+            stmt.execute(rusqlite::params![
+                to_i64(first.0 + i as u64),
+                to_i64(stamp.as_micros())
+            ])?;
+            // Later appends are stamped no earlier than what the log already holds.
+            self.imported_clock = self.imported_clock.max(*stamp);
+        }
+        Ok(())
     }
 
     fn classify(&self, write: &StreamWrite) -> Result<WriteDisposition, ApplyError> {

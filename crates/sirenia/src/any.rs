@@ -1,7 +1,8 @@
 //! [`AnyStore`]: one store type for programs that pick their store at run time from a path or
 //! a URL, as the reference service and the `sirenia` CLI do.
 
-use sirenia_core::store::{AllPage, Direction, EventFilter, StreamWrite};
+use sirenia_core::projection::{FailedEvent, StoredProjection};
+use sirenia_core::store::{AllPage, Direction, EventFilter, ImportBatch, StreamWrite};
 use sirenia_core::{
     AppendResult, EventId, EventStore, InMemoryStore, Position, RecordedEvent, StoreError, StreamId,
 };
@@ -56,6 +57,43 @@ impl AnyStore {
         return Err(StoreError::InvalidOptions {
             message: "this build has no embedded store (feature `sqlite`)".to_owned(),
         });
+    }
+
+    /// Appends one batch of an import, keeping each event's `recorded_at` (see
+    /// [`sirenia_core::store::import_batches`]). The in-memory store cannot.
+    pub async fn import(&self, batch: ImportBatch) -> Result<AppendResult, StoreError> {
+        match self {
+            AnyStore::Memory(_) => Err(StoreError::InvalidOptions {
+                message: "the in-memory store cannot import events with their timestamps"
+                    .to_owned(),
+            }),
+            #[cfg(feature = "sqlite")]
+            AnyStore::Sqlite(s) => s.import(batch).await,
+            #[cfg(feature = "postgres")]
+            AnyStore::Postgres(s) => s.import(batch).await,
+        }
+    }
+
+    /// Every projection the store records (none for the in-memory store).
+    pub async fn projections(&self) -> Result<Vec<StoredProjection>, StoreError> {
+        match self {
+            AnyStore::Memory(_) => Ok(Vec::new()),
+            #[cfg(feature = "sqlite")]
+            AnyStore::Sqlite(s) => s.projections().await,
+            #[cfg(feature = "postgres")]
+            AnyStore::Postgres(s) => s.projections().await,
+        }
+    }
+
+    /// The events projection `name` parked (none for the in-memory store).
+    pub async fn parked(&self, name: &str) -> Result<Vec<FailedEvent>, StoreError> {
+        match self {
+            AnyStore::Memory(_) => Ok(Vec::new()),
+            #[cfg(feature = "sqlite")]
+            AnyStore::Sqlite(s) => s.parked(name).await,
+            #[cfg(feature = "postgres")]
+            AnyStore::Postgres(s) => s.parked(name).await,
+        }
     }
 
     /// A short name of the backend: `memory`, `sqlite` or `postgres`.

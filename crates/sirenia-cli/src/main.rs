@@ -1,0 +1,563 @@
+//! `sirenia`: inspect, follow, export, import and copy Sirenia event stores.
+//!
+//! ```text
+//! sirenia --store bank-data/bank.db streams
+//! sirenia --store postgresql://localhost/app read account-42 --json
+//! sirenia --store bank-data/bank.db tail --category account --follow
+//! sirenia --store bank-data/bank.db projections status
+//! sirenia --store bank-data/bank.db export log.ndjson
+//! sirenia --store bank-data/bank.db copy --to postgresql://localhost/app
+//! ```
+//!
+//! `--store` (or `SIRENIA_STORE`) is a file path (the embedded store) or a `postgres://` URL.
+//! Long operations show a progress bar with rate and ETA on a terminal; output stays plain
+//! otherwise.
+
+mod line;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sirenia::postgres::{PostgresOptions, PostgresStore};
+use sirenia::sqlite::SqliteOptions;
+use sirenia::store::import_batches;
+use sirenia::{
+    AnyStore, EventFilter, EventStore, ReadAll, ReadStream, RecordedEvent, SqliteStore, StoreError,
+    StreamId, Subscribe, SubscriptionItem, is_postgres_url,
+};
+
+use crate::line::Line;
+
+/// Inspect, follow, export, import and copy Sirenia event stores.
+#[derive(Parser, Debug)]
+#[command(name = "sirenia", version)]
+struct Cli {
+    /// The store: a file path (embedded store) or a postgres:// URL.
+    #[arg(long, env = "SIRENIA_STORE", global = true)]
+    store: Option<String>,
+    /// PostgreSQL schema of the store's tables.
+    #[arg(
+        long,
+        env = "SIRENIA_PG_SCHEMA",
+        default_value = "sirenia",
+        global = true
+    )]
+    pg_schema: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Streams with their event counts, grouped by category.
+    Streams {
+        /// Only this category.
+        #[arg(long)]
+        category: Option<String>,
+        /// One JSON object per stream.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The events of one stream.
+    Read {
+        /// The stream id.
+        stream: String,
+        /// One JSON line per event.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The global log from a position, optionally filtered, optionally following new events.
+    Tail {
+        /// Only these categories (repeatable).
+        #[arg(long)]
+        category: Vec<String>,
+        /// Only these event types (repeatable).
+        #[arg(long = "type")]
+        event_type: Vec<String>,
+        /// First position to show.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Keep following new events (until interrupted).
+        #[arg(long)]
+        follow: bool,
+        /// One JSON line per event.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Projections recorded in the store.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
+    /// Writes the whole log to FILE as NDJSON (ids, order, metadata and timestamps kept).
+    Export {
+        /// The file to write.
+        file: PathBuf,
+    },
+    /// Appends the events of an NDJSON export to the store, keeping ids, order, metadata and
+    /// timestamps. The file is checked whole before anything is written; importing it again
+    /// writes nothing.
+    Import {
+        /// The file to read.
+        file: PathBuf,
+    },
+    /// Copies the whole log into another store (for example embedded → PostgreSQL).
+    Copy {
+        /// The target store: a file path or a postgres:// URL.
+        #[arg(long)]
+        to: String,
+        /// PostgreSQL schema of the target.
+        #[arg(long, default_value = "sirenia")]
+        to_pg_schema: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ProjectionsCommand {
+    /// Each projection's checkpoint, state, lag and parked events.
+    Status {
+        /// One JSON object per projection.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The events projection NAME parked.
+    Parked {
+        /// The projection's name.
+        name: String,
+        /// One JSON object per event.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("no store given: use --store PATH_OR_URL or set SIRENIA_STORE")]
+    NoStore,
+    #[error(
+        "no store at {0} (the embedded store is created by writing to it, not by this command)"
+    )]
+    NoStoreAt(String),
+    #[error("no stream {0}")]
+    NoStream(String),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("invalid stream id: {0}")]
+    StreamId(#[from] sirenia::InvalidStreamId),
+    #[error("{path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}, line {line}: {source}")]
+    Line {
+        path: String,
+        line: usize,
+        source: line::LineError,
+    },
+    #[error("writing the output failed: {0}")]
+    Output(std::io::Error),
+}
+
+/// Whether a command writes to the store.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Reads only: an embedded store is opened read-only, so this works beside a running
+    /// service that holds the file for writing.
+    Read,
+    /// Writes: an embedded store is opened (and created if missing) for writing, which fails
+    /// clearly while another process holds it.
+    Write,
+}
+
+async fn open(location: &str, schema: &str, access: Access) -> Result<AnyStore, CliError> {
+    if is_postgres_url(location) {
+        let options = PostgresOptions {
+            schema: schema.to_owned(),
+            ..PostgresOptions::default()
+        };
+        return Ok(AnyStore::from(
+            PostgresStore::connect_with(location, options).await?,
+        ));
+    }
+    match access {
+        Access::Write => Ok(AnyStore::open(location).await?),
+        Access::Read => {
+            if !Path::new(location).exists() {
+                return Err(CliError::NoStoreAt(location.to_owned()));
+            }
+            Ok(AnyStore::from(
+                SqliteStore::open_read_only(location, SqliteOptions::default()).await?,
+            ))
+        }
+    }
+}
+
+/// A progress bar on stderr when it is a terminal; hidden otherwise.
+fn progress(len: Option<u64>, what: &str) -> ProgressBar {
+    let bar = match len {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    };
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let template = if len.is_some() {
+        "{msg} [{bar:40}] {pos}/{len} events, {per_sec}, ETA {eta}"
+    } else {
+        "{msg} {spinner} {pos} events, {per_sec}"
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// How many events the log holds, when the store can tell cheaply (dense positions).
+async fn log_length(store: &AnyStore) -> Result<Option<u64>, CliError> {
+    Ok(store
+        .dense_positions()
+        .then_some(store.head_position().await?.0))
+}
+
+fn out() -> std::io::BufWriter<std::io::StdoutLock<'static>> {
+    std::io::BufWriter::new(std::io::stdout().lock())
+}
+
+fn pretty(event: &RecordedEvent) -> String {
+    let data = if event.content_type.starts_with("application/json") {
+        String::from_utf8_lossy(&event.data).into_owned()
+    } else {
+        format!("<{} bytes of {}>", event.data.len(), event.content_type)
+    };
+    format!(
+        "{:>8}  {:<32} r{:<6} {}  {}  {}",
+        event.position.0,
+        event.stream_id.as_str(),
+        event.revision,
+        event.recorded_at,
+        event.event_type,
+        data
+    )
+}
+
+fn print_event(w: &mut impl Write, event: &RecordedEvent, json: bool) -> Result<(), CliError> {
+    let text = if json {
+        serde_json::to_string(&Line::from_event(event))
+            .map_err(|e| CliError::Output(std::io::Error::other(e)))?
+    } else {
+        pretty(event)
+    };
+    writeln!(w, "{text}").map_err(CliError::Output)
+}
+
+async fn streams(store: &AnyStore, category: Option<String>, json: bool) -> Result<(), CliError> {
+    let filter = category.map_or_else(EventFilter::all, EventFilter::category);
+    let bar = progress(log_length(store).await?, "scanning");
+    let mut counts: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    let mut events = store.read_all(ReadAll::forward().filter(filter).page_size(5_000));
+    while let Some(event) = events.next().await {
+        let event = event?;
+        bar.inc(1);
+        let version = event.revision + 1;
+        let entry = counts
+            .entry(event.stream_id.category().to_owned())
+            .or_default()
+            .entry(event.stream_id.as_str().to_owned())
+            .or_default();
+        *entry = (*entry).max(version);
+    }
+    bar.finish_and_clear();
+    let mut w = out();
+    for (category, streams) in &counts {
+        if json {
+            for (stream, events) in streams {
+                let line = serde_json::json!({
+                    "stream": stream, "category": category, "events": events,
+                });
+                writeln!(w, "{line}").map_err(CliError::Output)?;
+            }
+            continue;
+        }
+        let total: u64 = streams.values().sum();
+        writeln!(w, "{category}  ({} streams, {total} events)", streams.len())
+            .map_err(CliError::Output)?;
+        for (stream, events) in streams {
+            writeln!(w, "  {stream:<48} {events:>10}").map_err(CliError::Output)?;
+        }
+    }
+    w.flush().map_err(CliError::Output)
+}
+
+async fn read(store: &AnyStore, stream: &str, json: bool) -> Result<(), CliError> {
+    let stream = StreamId::new(stream)?;
+    if store.stream_version(&stream).await?.is_none() {
+        return Err(CliError::NoStream(stream.to_string()));
+    }
+    let mut events = store.read_stream(&stream, ReadStream::forward());
+    let mut w = out();
+    while let Some(event) = events.next().await {
+        print_event(&mut w, &event?, json)?;
+    }
+    w.flush().map_err(CliError::Output)
+}
+
+async fn tail(
+    store: &AnyStore,
+    filter: EventFilter,
+    from: u64,
+    follow: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    let from = sirenia::Position(from.max(1));
+    if !follow {
+        let mut events = store.read_all(ReadAll::forward().from(from).filter(filter));
+        let mut w = out();
+        while let Some(event) = events.next().await {
+            print_event(&mut w, &event?, json)?;
+        }
+        return w.flush().map_err(CliError::Output);
+    }
+    let mut subscription = store.subscribe(Subscribe::from(from).filter(filter));
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        let item = tokio::select! {
+            item = subscription.next() => item,
+            _ = &mut interrupted => return Ok(()),
+        };
+        match item {
+            None => return Ok(()),
+            Some(item) => match item? {
+                SubscriptionItem::Event(event) => {
+                    // Line by line, flushed: a pipe sees each event as it comes.
+                    let mut w = std::io::stdout().lock();
+                    print_event(&mut w, &event, json)?;
+                    w.flush().map_err(CliError::Output)?;
+                }
+                SubscriptionItem::CaughtUp { .. } => {}
+            },
+        }
+    }
+}
+
+async fn projections(store: &AnyStore, command: ProjectionsCommand) -> Result<(), CliError> {
+    let mut w = out();
+    match command {
+        ProjectionsCommand::Status { json } => {
+            let head = store.head_position().await?;
+            let dense = store.dense_positions();
+            for p in store.projections().await? {
+                let state = if p.fault.is_some() {
+                    "faulted"
+                } else if p.next > head {
+                    "caught-up"
+                } else {
+                    "behind"
+                };
+                let lag = dense.then(|| head.0.saturating_sub(p.next.0.saturating_sub(1)));
+                if json {
+                    let line = serde_json::json!({
+                        "name": p.name, "next_position": p.next.0, "state": state,
+                        "lag_events": lag, "parked": p.parked, "fault": p.fault,
+                    });
+                    writeln!(w, "{line}").map_err(CliError::Output)?;
+                } else {
+                    let lag = lag.map_or_else(|| "-".to_owned(), |l| l.to_string());
+                    writeln!(
+                        w,
+                        "{:<32} next {:>12}  {:<9}  lag {:>8}  parked {}",
+                        p.name, p.next.0, state, lag, p.parked
+                    )
+                    .map_err(CliError::Output)?;
+                    if let Some(fault) = p.fault {
+                        writeln!(
+                            w,
+                            "    faulted on position {} ({} in {}): {}",
+                            fault.position, fault.event_type, fault.stream, fault.error
+                        )
+                        .map_err(CliError::Output)?;
+                    }
+                }
+            }
+        }
+        ProjectionsCommand::Parked { name, json } => {
+            for e in store.parked(&name).await? {
+                if json {
+                    let line = serde_json::to_string(&e)
+                        .map_err(|e| CliError::Output(std::io::Error::other(e)))?;
+                    writeln!(w, "{line}").map_err(CliError::Output)?;
+                } else {
+                    writeln!(
+                        w,
+                        "{:>12}  {}  {}  {}  after {} attempts: {}",
+                        e.position.0, e.stream, e.event_type, e.event_id, e.attempts, e.error
+                    )
+                    .map_err(CliError::Output)?;
+                }
+            }
+        }
+    }
+    w.flush().map_err(CliError::Output)
+}
+
+async fn export(store: &AnyStore, file: &Path) -> Result<(), CliError> {
+    let file_error = |source| CliError::File {
+        path: file.display().to_string(),
+        source,
+    };
+    let mut w = std::io::BufWriter::new(std::fs::File::create(file).map_err(file_error)?);
+    let bar = progress(log_length(store).await?, "exporting");
+    let mut events = store.read_all(ReadAll::forward().page_size(5_000));
+    while let Some(event) = events.next().await {
+        print_event(&mut w, &event?, true)?;
+        bar.inc(1);
+    }
+    w.flush().map_err(file_error)?;
+    w.get_ref().sync_all().map_err(file_error)?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// Events per import chunk held in memory.
+const IMPORT_CHUNK: usize = 10_000;
+
+/// Appends `events` (in log order) to `target`, `IMPORT_CHUNK` at a time.
+async fn import_events<I>(target: &AnyStore, events: I, bar: &ProgressBar) -> Result<(), CliError>
+where
+    I: Iterator<Item = Result<RecordedEvent, CliError>>,
+{
+    let mut chunk = Vec::with_capacity(IMPORT_CHUNK);
+    let mut events = events.peekable();
+    while events.peek().is_some() {
+        chunk.clear();
+        while chunk.len() < IMPORT_CHUNK
+            && let Some(event) = events.next()
+        {
+            chunk.push(event?);
+        }
+        let n = chunk.len() as u64;
+        for batch in import_batches(chunk.drain(..)) {
+            target.import(batch).await?;
+        }
+        bar.inc(n);
+    }
+    Ok(())
+}
+
+fn lines(file: &Path) -> Result<impl Iterator<Item = Result<RecordedEvent, CliError>>, CliError> {
+    let path = file.display().to_string();
+    let reader =
+        std::io::BufReader::new(std::fs::File::open(file).map_err(|source| CliError::File {
+            path: path.clone(),
+            source,
+        })?);
+    Ok(reader
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.as_ref().map_or(true, |l| !l.trim().is_empty()))
+        .map(move |(i, l)| {
+            let text = l.map_err(|source| CliError::File {
+                path: path.clone(),
+                source,
+            })?;
+            Line::parse(&text).map_err(|source| CliError::Line {
+                path: path.clone(),
+                line: i + 1,
+                source,
+            })
+        }))
+}
+
+/// Checks a whole export file and counts its events: a bad line stops an import before the
+/// store is even opened.
+fn check_file(file: &Path) -> Result<u64, CliError> {
+    let mut count = 0u64;
+    for event in lines(file)? {
+        event?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+async fn import(store: &AnyStore, file: &Path, count: u64) -> Result<(), CliError> {
+    let bar = progress(Some(count), "importing");
+    import_events(store, lines(file)?, &bar).await?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
+async fn copy(store: &AnyStore, to: &str, schema: &str) -> Result<(), CliError> {
+    let target = open(to, schema, Access::Write).await?;
+    let bar = progress(log_length(store).await?, "copying");
+    let mut events = store.read_all(ReadAll::forward().page_size(5_000));
+    let mut chunk = Vec::with_capacity(IMPORT_CHUNK);
+    loop {
+        let next = events.next().await;
+        let done = next.is_none();
+        if let Some(event) = next {
+            chunk.push(event?);
+        }
+        if chunk.len() >= IMPORT_CHUNK || (done && !chunk.is_empty()) {
+            let n = chunk.len() as u64;
+            for batch in import_batches(chunk.drain(..)) {
+                target.import(batch).await?;
+            }
+            bar.inc(n);
+        }
+        if done {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let location = cli.store.ok_or(CliError::NoStore)?;
+    let (access, checked) = match &cli.command {
+        Command::Import { file } => (Access::Write, check_file(file)?),
+        _ => (Access::Read, 0),
+    };
+    let store = open(&location, &cli.pg_schema, access).await?;
+    match cli.command {
+        Command::Streams { category, json } => streams(&store, category, json).await,
+        Command::Read { stream, json } => read(&store, &stream, json).await,
+        Command::Tail {
+            category,
+            event_type,
+            from,
+            follow,
+            json,
+        } => {
+            let filter = EventFilter {
+                categories: category,
+                event_types: event_type,
+            };
+            tail(&store, filter, from, follow, json).await
+        }
+        Command::Projections { command } => projections(&store, command).await,
+        Command::Export { file } => export(&store, &file).await,
+        Command::Import { file } => import(&store, &file, checked).await,
+        Command::Copy { to, to_pg_schema } => copy(&store, &to, &to_pg_schema).await,
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "sirenia: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,546 @@
+//! The `sirenia` binary on both stores: every subcommand, export → import into an empty store
+//! giving an identical log, copy embedded → PostgreSQL, and clear errors on bad input.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use sirenia::postgres::{PostgresOptions, PostgresStore};
+use sirenia::projection::{FailurePolicy, HandlerError, OnFailure, ProjectionOptions, Projector};
+use sirenia::sqlite::{SqliteProjection, rusqlite};
+use sirenia::{
+    AnyStore, EventStore, ExpectedVersion, Metadata, NewEvent, ReadAll, RecordedEvent, SqliteStore,
+    StreamId, StreamWrite,
+};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+fn postgres_url() -> String {
+    std::env::var("SIRENIA_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A store for one test: a file in a temporary directory, or a PostgreSQL schema dropped at
+/// the end.
+struct Place {
+    args: Vec<String>,
+    store: AnyStore,
+    _dir: Option<tempfile::TempDir>,
+    schema: Option<String>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Some(schema) = self.schema.take() {
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    if let Ok((client, connection)) =
+                        tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls).await
+                    {
+                        tokio::spawn(connection);
+                        let _ = client
+                            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                            .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+async fn sqlite_place() -> Place {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    Place {
+        args: vec!["--store".into(), path.display().to_string()],
+        store: AnyStore::from(store),
+        _dir: Some(dir),
+        schema: None,
+    }
+}
+
+async fn postgres_place() -> Place {
+    let schema = format!("sirenia_cli_{}", uuid::Uuid::now_v7().simple());
+    let options = PostgresOptions {
+        schema: schema.clone(),
+        ..PostgresOptions::default()
+    };
+    let store = PostgresStore::connect_with(&postgres_url(), options)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL at {} is needed by this test: {e}",
+                postgres_url()
+            )
+        });
+    Place {
+        args: vec![
+            "--store".into(),
+            postgres_url(),
+            "--pg-schema".into(),
+            schema.clone(),
+        ],
+        store: AnyStore::from(store),
+        _dir: None,
+        schema: Some(schema),
+    }
+}
+
+/// Runs `sirenia` with the place's store and `args`; returns (success, stdout, stderr).
+async fn sirenia(place: &Place, args: &[&str]) -> (bool, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sirenia"))
+        .args(&place.args)
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+async fn append(store: &AnyStore, stream: &str, events: Vec<NewEvent>) {
+    store
+        .append(vec![StreamWrite::new(
+            StreamId::new(stream).unwrap(),
+            ExpectedVersion::Any,
+            events,
+        )])
+        .await
+        .unwrap();
+}
+
+/// Orders and users, a binary payload, metadata.
+async fn fill(store: &AnyStore) {
+    let meta = Metadata {
+        correlation_id: Some("corr-1".into()),
+        causation_id: Some("cause-1".into()),
+        ..Metadata::default()
+    };
+    append(
+        store,
+        "order-1",
+        vec![
+            NewEvent::json(
+                "OrderPlaced",
+                &serde_json::json!({ "total": 42, "items": ["a"] }),
+            )
+            .with_metadata(meta.clone()),
+            NewEvent::json("OrderPaid", &serde_json::json!({ "total": 42 })),
+        ],
+    )
+    .await;
+    append(
+        store,
+        "user-7",
+        vec![NewEvent::json(
+            "UserJoined",
+            &serde_json::json!({ "name": "Ada" }),
+        )],
+    )
+    .await;
+    append(
+        store,
+        "order-2",
+        vec![NewEvent::raw(
+            "Blob",
+            "application/octet-stream",
+            vec![0u8, 1, 2, 255],
+        )],
+    )
+    .await;
+    append(
+        store,
+        "order-1",
+        vec![NewEvent::json("OrderShipped", &serde_json::json!({}))],
+    )
+    .await;
+}
+
+/// What "an identical log" compares: everything but positions (each store assigns its own).
+type Entry = (
+    String,
+    u64,
+    String,
+    String,
+    u16,
+    String,
+    Vec<u8>,
+    Metadata,
+    u64,
+);
+
+async fn log(store: &AnyStore) -> Vec<Entry> {
+    let events: Vec<RecordedEvent> = store
+        .read_all(ReadAll::forward())
+        .try_collect()
+        .await
+        .unwrap();
+    events
+        .into_iter()
+        .map(|e| {
+            let data = if e.content_type.starts_with("application/json") {
+                // PostgreSQL keeps JSON as jsonb: compare JSON payloads as values.
+                serde_json::to_vec(&e.json().unwrap()).unwrap()
+            } else {
+                e.data.to_vec()
+            };
+            (
+                e.stream_id.as_str().to_owned(),
+                e.revision,
+                e.id.to_string(),
+                e.event_type,
+                e.schema_version,
+                e.content_type,
+                data,
+                e.metadata,
+                e.recorded_at.as_micros(),
+            )
+        })
+        .collect()
+}
+
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::sqlite_place().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::postgres_place().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    streams_lists_counts_by_category,
+    read_prints_a_stream,
+    tail_filters_and_follows,
+    projections_status_and_parked,
+    export_then_import_gives_an_identical_log,
+    bad_input_is_refused_clearly,
+);
+
+async fn streams_lists_counts_by_category(place: Place) {
+    fill(&place.store).await;
+    let (ok, out, _) = sirenia(&place, &["streams"]).await;
+    assert!(ok);
+    assert!(out.contains("order  (2 streams, 4 events)"), "{out}");
+    assert!(out.contains("user  (1 streams, 1 events)"), "{out}");
+    let (ok, out, _) = sirenia(&place, &["streams", "--json", "--category", "order"]).await;
+    assert!(ok);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            serde_json::json!({ "stream": "order-1", "category": "order", "events": 3 }),
+            serde_json::json!({ "stream": "order-2", "category": "order", "events": 1 }),
+        ]
+    );
+}
+
+async fn read_prints_a_stream(place: Place) {
+    fill(&place.store).await;
+    let (ok, out, _) = sirenia(&place, &["read", "order-1"]).await;
+    assert!(ok);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3);
+    assert!(
+        lines[0].contains("OrderPlaced") && lines[0].contains("\"total\""),
+        "{out}"
+    );
+    assert!(lines[2].contains("OrderShipped"));
+    let (ok, out, _) = sirenia(&place, &["read", "order-2", "--json"]).await;
+    assert!(ok);
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(line["data_hex"], "000102ff");
+    assert_eq!(line["revision"], 0);
+}
+
+async fn tail_filters_and_follows(place: Place) {
+    fill(&place.store).await;
+    let (ok, out, _) = sirenia(&place, &["tail", "--json"]).await;
+    assert!(ok);
+    let all: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(all.len(), 5);
+    let third = all[2]["position"].as_u64().unwrap().to_string();
+    let (_, out, _) = sirenia(&place, &["tail", "--json", "--from", &third]).await;
+    assert_eq!(out.lines().count(), 3);
+    let (_, out, _) = sirenia(&place, &["tail", "--category", "user"]).await;
+    assert_eq!(out.lines().count(), 1);
+    assert!(out.contains("UserJoined"));
+    let (_, out, _) = sirenia(&place, &["tail", "--type", "OrderPaid", "--type", "Blob"]).await;
+    assert_eq!(out.lines().count(), 2);
+
+    // Following: the existing events, then one appended while it runs.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sirenia"))
+        .args(&place.args)
+        .args(["tail", "--follow", "--category", "order"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("no line within 30 s")
+            .unwrap()
+            .unwrap()
+    };
+    for _ in 0..4 {
+        next().await;
+    }
+    append(
+        &place.store,
+        "order-3",
+        vec![NewEvent::json(
+            "OrderPlaced",
+            &serde_json::json!({ "total": 1 }),
+        )],
+    )
+    .await;
+    assert!(next().await.contains("order-3"));
+    child.kill().await.unwrap();
+}
+
+/// Sums, failing on `{"poison": true}`.
+struct Fails;
+
+impl SqliteProjection for Fails {
+    fn setup(&mut self, _: &rusqlite::Transaction<'_>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+    fn apply(
+        &mut self,
+        _: &rusqlite::Transaction<'_>,
+        e: &RecordedEvent,
+    ) -> Result<(), HandlerError> {
+        if e.event_type == "Blob" {
+            return Err("cannot handle blobs".into());
+        }
+        Ok(())
+    }
+    fn reset(&mut self, _: &rusqlite::Transaction<'_>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+impl sirenia::postgres::PostgresProjection for Fails {
+    async fn setup(&mut self, _: &tokio_postgres::Transaction<'_>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+    async fn apply(
+        &mut self,
+        _: &tokio_postgres::Transaction<'_>,
+        e: &RecordedEvent,
+    ) -> Result<(), HandlerError> {
+        if e.event_type == "Blob" {
+            return Err("cannot handle blobs".into());
+        }
+        Ok(())
+    }
+    async fn reset(&mut self, _: &tokio_postgres::Transaction<'_>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+async fn projections_status_and_parked(place: Place) {
+    fill(&place.store).await;
+    let options = ProjectionOptions {
+        policy: FailurePolicy {
+            retries: 1,
+            first_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+            on_failure: OnFailure::Park,
+        },
+        ..ProjectionOptions::default()
+    };
+    match &place.store {
+        AnyStore::Sqlite(s) => {
+            let target = s.projection("orders", Fails);
+            let mut p = Projector::new("orders", place.store.clone(), target, options).unwrap();
+            p.catch_up(|_| {}).await.unwrap();
+        }
+        AnyStore::Postgres(s) => {
+            let target = s.projection("orders", Fails);
+            let mut p = Projector::new("orders", place.store.clone(), target, options).unwrap();
+            p.catch_up(|_| {}).await.unwrap();
+        }
+        _ => unreachable!(),
+    }
+    let (ok, out, _) = sirenia(&place, &["projections", "status"]).await;
+    assert!(ok);
+    assert!(
+        out.contains("orders") && out.contains("caught-up") && out.contains("parked 1"),
+        "{out}"
+    );
+    let (ok, out, _) = sirenia(&place, &["projections", "status", "--json"]).await;
+    assert!(ok);
+    let status: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (status["name"].as_str(), status["parked"].as_u64()),
+        (Some("orders"), Some(1))
+    );
+    let (ok, out, _) = sirenia(&place, &["projections", "parked", "orders"]).await;
+    assert!(ok);
+    assert!(
+        out.contains("order-2") && out.contains("cannot handle blobs"),
+        "{out}"
+    );
+    let (ok, out, _) = sirenia(&place, &["projections", "parked", "orders", "--json"]).await;
+    assert!(ok);
+    let parked: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(parked["event_type"], "Blob");
+}
+
+/// An empty target for import or copy, with the `--store` arguments naming it. An embedded
+/// target is not opened here (the command must be its only writer) but when compared.
+enum Target {
+    File(tempfile::TempDir),
+    Schema(Place),
+}
+
+impl Target {
+    async fn new(sqlite: bool) -> Self {
+        if sqlite {
+            Target::File(tempfile::tempdir().unwrap())
+        } else {
+            Target::Schema(postgres_place().await)
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        match self {
+            Target::File(dir) => vec![
+                "--store".into(),
+                dir.path().join("copy.db").display().to_string(),
+            ],
+            Target::Schema(place) => place.args.clone(),
+        }
+    }
+
+    async fn log(&self) -> Vec<Entry> {
+        match self {
+            Target::File(dir) => {
+                let store = SqliteStore::open(dir.path().join("copy.db")).await.unwrap();
+                log(&AnyStore::from(store)).await
+            }
+            Target::Schema(place) => log(&place.store).await,
+        }
+    }
+}
+
+async fn run_args(args: &[String]) -> (bool, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sirenia"))
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+async fn export_then_import_gives_an_identical_log(place: Place) {
+    fill(&place.store).await;
+    let sqlite = matches!(place.store, AnyStore::Sqlite(_));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("log.ndjson");
+    let file_arg = file.display().to_string();
+    let (ok, _, err) = sirenia(&place, &["export", &file_arg]).await;
+    assert!(ok, "{err}");
+    let expected = log(&place.store).await;
+    assert_eq!(expected.len(), 5);
+
+    let empty = Target::new(sqlite).await;
+    let mut args = empty.args();
+    args.extend(["import".to_owned(), file_arg.clone()]);
+    let (ok, err) = run_args(&args).await;
+    assert!(ok, "{err}");
+    // Importing again writes nothing.
+    let (ok, err) = run_args(&args).await;
+    assert!(ok, "{err}");
+    assert_eq!(empty.log().await, expected);
+
+    // Copy, into the other kind of store (embedded → PostgreSQL, and back).
+    let other = Target::new(!sqlite).await;
+    let target = other.args();
+    let mut args: Vec<&str> = vec!["copy", "--to", &target[1]];
+    if target.len() > 2 {
+        args.extend(["--to-pg-schema", &target[3]]);
+    }
+    let (ok, _, err) = sirenia(&place, &args).await;
+    assert!(ok, "{err}");
+    assert_eq!(other.log().await, expected);
+}
+
+async fn bad_input_is_refused_clearly(place: Place) {
+    fill(&place.store).await;
+    let before = log(&place.store).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.ndjson");
+    let good = r#"{"position":1,"stream":"order-9","revision":0,"id":"01a206cd-e40c-75ed-bbdc-62d6b86814ea","type":"X","schema_version":1,"content_type":"application/json","data":{},"recorded_at":"2026-11-23T05:08:06.284734Z"}"#;
+    std::fs::write(&file, format!("{good}\n{{\"position\": 2, oops\n")).unwrap();
+    let (ok, _, err) = sirenia(&place, &["import", file.to_str().unwrap()]).await;
+    assert!(!ok);
+    assert!(err.contains("line 2"), "{err}");
+    assert_eq!(
+        log(&place.store).await,
+        before,
+        "a refused import wrote something"
+    );
+    if matches!(place.store, AnyStore::Sqlite(_)) {
+        // A good file into an embedded store another process holds: refused, clearly.
+        std::fs::write(&file, format!("{good}\n")).unwrap();
+        let (ok, _, err) = sirenia(&place, &["import", file.to_str().unwrap()]).await;
+        assert!(!ok && err.contains("in use"), "{err}");
+    }
+    let (ok, _, err) = sirenia(&place, &["import", "/nonexistent/file.ndjson"]).await;
+    assert!(!ok && err.contains("/nonexistent/file.ndjson"), "{err}");
+    let (ok, _, err) = sirenia(&place, &["read", "no-such-stream"]).await;
+    assert!(!ok && err.contains("no stream no-such-stream"), "{err}");
+    let (ok, _, err) = sirenia(&place, &["read", ""]).await;
+    assert!(!ok && err.contains("invalid stream id"), "{err}");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sirenia"))
+        .args(["streams"])
+        .env_remove("SIRENIA_STORE")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no store given"));
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sirenia"))
+        .args(["--store", "/nonexistent/store.db", "streams"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no store at"));
+    assert!(!std::path::Path::new("/nonexistent/store.db").exists());
+}
