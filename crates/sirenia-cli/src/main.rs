@@ -24,6 +24,7 @@ use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sirenia::postgres::{PostgresOptions, PostgresStore};
+use sirenia::projection::ProjectionRequest;
 use sirenia::sqlite::SqliteOptions;
 use sirenia::store::import_batches;
 use sirenia::{
@@ -133,6 +134,23 @@ enum ProjectionsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Asks the running projector of NAME to empty its read model and replay the log, and
+    /// follows its progress until it has caught up.
+    Rebuild {
+        /// The projection's name.
+        name: String,
+        /// Only ask; do not wait.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Asks the running projector of NAME to apply its parked events again, and waits for it.
+    ReplayParked {
+        /// The projection's name.
+        name: String,
+        /// Only ask; do not wait.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 /// Why a command failed.
@@ -146,6 +164,8 @@ enum CliError {
     NoStoreAt(String),
     #[error("no stream {0}")]
     NoStream(String),
+    #[error("no projection {0} is recorded in this store")]
+    NoProjection(String),
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("invalid stream id: {0}")]
@@ -404,8 +424,74 @@ async fn projections(store: &AnyStore, command: ProjectionsCommand) -> Result<()
                 }
             }
         }
+        ProjectionsCommand::Rebuild { name, no_wait } => {
+            request(store, &name, ProjectionRequest::Rebuild, no_wait).await?;
+        }
+        ProjectionsCommand::ReplayParked { name, no_wait } => {
+            request(store, &name, ProjectionRequest::ReplayParked, no_wait).await?;
+            if !no_wait {
+                let left = store.parked(&name).await?.len();
+                writeln!(w, "{name}: {left} event(s) still parked").map_err(CliError::Output)?;
+            }
+        }
     }
     w.flush().map_err(CliError::Output)
+}
+
+/// How often a waiting command looks at the projector's progress.
+const REQUEST_WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Records `request` for the projector of `name`; unless `no_wait`, waits until the projector
+/// has taken it and (for a rebuild) caught up with the head as it was when asked.
+async fn request(
+    store: &AnyStore,
+    name: &str,
+    request: ProjectionRequest,
+    no_wait: bool,
+) -> Result<(), CliError> {
+    let known = store
+        .projections()
+        .await?
+        .into_iter()
+        .any(|p| p.name == name);
+    if !known {
+        return Err(CliError::NoProjection(name.to_owned()));
+    }
+    let head = store.head_position().await?;
+    store.request_projection(name, request).await?;
+    if no_wait {
+        return Ok(());
+    }
+    let dense = store.dense_positions();
+    let bar = progress(
+        (dense && request == ProjectionRequest::Rebuild).then_some(head.0),
+        &format!("{} {name}", request.as_str()),
+    );
+    bar.set_message(format!(
+        "waiting for the projector of {name} (it must be running)"
+    ));
+    loop {
+        tokio::time::sleep(REQUEST_WAIT_POLL).await;
+        if store.pending_request(name).await?.is_some() {
+            continue;
+        }
+        bar.set_message(format!("{} {name}", request.as_str()));
+        if request == ProjectionRequest::ReplayParked {
+            break;
+        }
+        let next = store
+            .projections()
+            .await?
+            .into_iter()
+            .find(|p| p.name == name)
+            .map_or(sirenia::Position(1), |p| p.next);
+        bar.set_position(next.0.saturating_sub(1).min(head.0));
+        if next > head {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
 }
 
 async fn export(store: &AnyStore, file: &Path) -> Result<(), CliError> {

@@ -3,7 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::BTreeSet;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
@@ -235,6 +238,7 @@ on_both_stores!(
     read_prints_a_stream,
     tail_filters_and_follows,
     projections_status_and_parked,
+    projections_rebuild_and_replay_on_request,
     export_then_import_gives_an_identical_log,
     bad_input_is_refused_clearly,
 );
@@ -328,8 +332,28 @@ async fn tail_filters_and_follows(place: Place) {
     child.kill().await.unwrap();
 }
 
-/// Sums, failing on `{"poison": true}`.
-struct Fails;
+/// Records which positions it applied since its last reset (a handler's memory is not rolled
+/// back with a failed transaction, so a set); fails on `Blob` events until `blobs_ok`.
+#[derive(Clone, Default)]
+struct Fails {
+    applied: Arc<Mutex<BTreeSet<u64>>>,
+    resets: Arc<AtomicU64>,
+    blobs_ok: Arc<AtomicBool>,
+}
+
+impl Fails {
+    fn apply(&self, e: &RecordedEvent) -> Result<(), HandlerError> {
+        if e.event_type == "Blob" && !self.blobs_ok.load(Ordering::SeqCst) {
+            return Err("cannot handle blobs".into());
+        }
+        self.applied.lock().unwrap().insert(e.position.0);
+        Ok(())
+    }
+
+    fn applied(&self) -> usize {
+        self.applied.lock().unwrap().len()
+    }
+}
 
 impl SqliteProjection for Fails {
     fn setup(&mut self, _: &rusqlite::Transaction<'_>) -> Result<(), HandlerError> {
@@ -340,12 +364,11 @@ impl SqliteProjection for Fails {
         _: &rusqlite::Transaction<'_>,
         e: &RecordedEvent,
     ) -> Result<(), HandlerError> {
-        if e.event_type == "Blob" {
-            return Err("cannot handle blobs".into());
-        }
-        Ok(())
+        Fails::apply(self, e)
     }
     fn reset(&mut self, _: &rusqlite::Transaction<'_>) -> Result<(), HandlerError> {
+        self.resets.fetch_add(1, Ordering::SeqCst);
+        self.applied.lock().unwrap().clear();
         Ok(())
     }
 }
@@ -359,19 +382,17 @@ impl sirenia::postgres::PostgresProjection for Fails {
         _: &tokio_postgres::Transaction<'_>,
         e: &RecordedEvent,
     ) -> Result<(), HandlerError> {
-        if e.event_type == "Blob" {
-            return Err("cannot handle blobs".into());
-        }
-        Ok(())
+        Fails::apply(self, e)
     }
     async fn reset(&mut self, _: &tokio_postgres::Transaction<'_>) -> Result<(), HandlerError> {
+        self.resets.fetch_add(1, Ordering::SeqCst);
+        self.applied.lock().unwrap().clear();
         Ok(())
     }
 }
 
-async fn projections_status_and_parked(place: Place) {
-    fill(&place.store).await;
-    let options = ProjectionOptions {
+fn park_options() -> ProjectionOptions {
+    ProjectionOptions {
         policy: FailurePolicy {
             retries: 1,
             first_backoff: Duration::from_millis(1),
@@ -379,20 +400,57 @@ async fn projections_status_and_parked(place: Place) {
             on_failure: OnFailure::Park,
         },
         ..ProjectionOptions::default()
-    };
-    match &place.store {
-        AnyStore::Sqlite(s) => {
-            let target = s.projection("orders", Fails);
-            let mut p = Projector::new("orders", place.store.clone(), target, options).unwrap();
+    }
+}
+
+/// Runs projection `orders` with `handler` in this process: caught up once, then live in a task.
+async fn run_orders(
+    store: &AnyStore,
+    handler: Fails,
+    live: bool,
+) -> Option<tokio::task::JoinHandle<()>> {
+    macro_rules! go {
+        ($target:expr) => {{
+            let mut p = Projector::new("orders", store.clone(), $target, park_options()).unwrap();
             p.catch_up(|_| {}).await.unwrap();
-        }
-        AnyStore::Postgres(s) => {
-            let target = s.projection("orders", Fails);
-            let mut p = Projector::new("orders", place.store.clone(), target, options).unwrap();
-            p.catch_up(|_| {}).await.unwrap();
-        }
+            live.then(|| {
+                tokio::spawn(async move {
+                    p.run(std::future::pending()).await.unwrap();
+                })
+            })
+        }};
+    }
+    match store {
+        AnyStore::Sqlite(s) => go!(s.projection("orders", handler)),
+        AnyStore::Postgres(s) => go!(s.projection("orders", handler)),
         _ => unreachable!(),
     }
+}
+
+async fn projections_rebuild_and_replay_on_request(place: Place) {
+    fill(&place.store).await;
+    let handler = Fails::default();
+    let task = run_orders(&place.store, handler.clone(), true)
+        .await
+        .unwrap();
+    assert_eq!(handler.applied(), 4, "the blob is parked");
+    let (ok, out, err) = sirenia(&place, &["projections", "rebuild", "orders"]).await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(handler.resets.load(Ordering::SeqCst), 1);
+    assert_eq!(handler.applied(), 4, "everything replayed after the reset");
+    handler.blobs_ok.store(true, Ordering::SeqCst);
+    let (ok, out, err) = sirenia(&place, &["projections", "replay-parked", "orders"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("orders: 0 event(s) still parked"), "{out}");
+    assert_eq!(handler.applied(), 5, "the parked blob applied");
+    let (ok, _, err) = sirenia(&place, &["projections", "rebuild", "nope"]).await;
+    assert!(!ok && err.contains("no projection nope"), "{err}");
+    task.abort();
+}
+
+async fn projections_status_and_parked(place: Place) {
+    fill(&place.store).await;
+    run_orders(&place.store, Fails::default(), false).await;
     let (ok, out, _) = sirenia(&place, &["projections", "status"]).await;
     assert!(ok);
     assert!(

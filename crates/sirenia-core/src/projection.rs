@@ -145,6 +145,40 @@ pub struct Checkpoint {
     pub fault: Option<FailedEvent>,
 }
 
+/// What an operator asks a running projector to do (for example from the `sirenia` CLI); the
+/// projector looks for a request before each page and at least every
+/// [`REQUEST_POLL_INTERVAL`] while it waits for events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProjectionRequest {
+    /// Empty the read model and replay the log from the start.
+    Rebuild,
+    /// Apply the parked events again (each that succeeds leaves the parked list).
+    ReplayParked,
+}
+
+impl ProjectionRequest {
+    /// The stored name: `rebuild` or `replay-parked`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProjectionRequest::Rebuild => "rebuild",
+            ProjectionRequest::ReplayParked => "replay-parked",
+        }
+    }
+
+    /// From its stored name.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "rebuild" => Some(ProjectionRequest::Rebuild),
+            "replay-parked" => Some(ProjectionRequest::ReplayParked),
+            _ => None,
+        }
+    }
+}
+
+/// Longest a live projector goes without looking for an operator's request.
+pub const REQUEST_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
 /// A projection as its store records it (what an operator's `status` shows).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredProjection {
@@ -291,6 +325,23 @@ pub trait ProjectionTarget: Send + 'static {
 
     /// Empties the read model, the parked list and the checkpoint (for a rebuild).
     fn reset(&mut self) -> impl Future<Output = Result<(), ApplyError>> + Send;
+
+    /// An operator's pending request, if the target keeps them.
+    fn pending_request(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<ProjectionRequest>, StoreError>> + Send {
+        async { Ok(None) }
+    }
+
+    /// Removes `request` once it was carried out (so an operator waiting on it sees the work
+    /// done; after a crash in between, it is carried out again).
+    fn finish_request(
+        &mut self,
+        request: ProjectionRequest,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = request;
+        async { Ok(()) }
+    }
 }
 
 /// Why a projection stopped.
@@ -442,6 +493,7 @@ impl<S: EventStore, T: ProjectionTarget> Projector<S, T> {
     async fn run_forever(&mut self) -> Result<(), ProjectionError> {
         self.ensure_started().await?;
         loop {
+            self.serve_request().await?;
             let at_end = self.step().await?;
             if at_end {
                 self.status.send_modify(|s| {
@@ -449,9 +501,55 @@ impl<S: EventStore, T: ProjectionTarget> Projector<S, T> {
                     s.lag_seconds = 0.0;
                     s.lag_events = self.store.dense_positions().then_some(0);
                 });
-                self.store.wait_for_events(self.next).await?;
+                // Wake for new events, or now and then to look for a request.
+                tokio::time::timeout(REQUEST_POLL_INTERVAL, self.store.wait_for_events(self.next))
+                    .await
+                    .unwrap_or(Ok(()))?;
             }
         }
+    }
+
+    /// Carries out an operator's pending request, if any.
+    async fn serve_request(&mut self) -> Result<(), ProjectionError> {
+        let Some(request) = self.target.pending_request().await? else {
+            return Ok(());
+        };
+        match request {
+            ProjectionRequest::Rebuild => {
+                tracing::info!(projection = %self.name, "rebuilding on request");
+                self.reset().await?;
+            }
+            ProjectionRequest::ReplayParked => match self.replay_parked().await {
+                Ok(n) => {
+                    tracing::info!(projection = %self.name, replayed = n, "replayed parked events");
+                }
+                // The event stays parked; the projection goes on.
+                Err(ProjectionError::ReplayFailed { position, error }) => {
+                    tracing::warn!(projection = %self.name, %position, %error,
+                        "a parked event failed again");
+                }
+                Err(e) => return Err(e),
+            },
+        }
+        Ok(self.target.finish_request(request).await?)
+    }
+
+    /// Empties the read model and starts again from the beginning of the log.
+    async fn reset(&mut self) -> Result<(), ProjectionError> {
+        self.target.reset().await.map_err(|e| match e {
+            ApplyError::Store(e) => ProjectionError::Store(e),
+            ApplyError::Handler { error, .. } => ProjectionError::ReplayFailed {
+                position: Position::START,
+                error,
+            },
+        })?;
+        self.next = Position(1);
+        self.status.send_modify(|s| {
+            s.next = Position(1);
+            s.fault = None;
+            s.state = ProjectionState::CatchingUp;
+        });
+        Ok(())
     }
 
     /// Applies everything up to the head as it is now (at least), reporting progress after
@@ -486,18 +584,7 @@ impl<S: EventStore, T: ProjectionTarget> Projector<S, T> {
         progress: impl FnMut(Progress),
     ) -> Result<Position, ProjectionError> {
         self.ensure_started().await?;
-        self.target.reset().await.map_err(|e| match e {
-            ApplyError::Store(e) => ProjectionError::Store(e),
-            ApplyError::Handler { error, .. } => ProjectionError::ReplayFailed {
-                position: Position::START,
-                error,
-            },
-        })?;
-        self.next = Position(1);
-        self.status.send_modify(|s| {
-            s.next = Position(1);
-            s.fault = None;
-        });
+        self.reset().await?;
         self.catch_up(progress).await
     }
 

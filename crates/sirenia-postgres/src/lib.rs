@@ -402,6 +402,46 @@ impl PostgresStore {
         Ok(result)
     }
 
+    /// Asks the running projector of `name` (in whichever process) to carry out `request`.
+    pub async fn request_projection(
+        &self,
+        name: &str,
+        request: sirenia_core::projection::ProjectionRequest,
+    ) -> Result<(), StoreError> {
+        let s = schema::quote(&self.shared.schema);
+        self.client()
+            .await?
+            .execute(
+                &format!(
+                    "INSERT INTO {s}.projection_requests (name, kind) VALUES ($1, $2)
+                     ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, requested_at = now()"
+                ),
+                &[&name, &request.as_str()],
+            )
+            .await
+            .map(|_| ())
+            .map_err(pg_error)
+    }
+
+    /// The request for `name` its projector has not taken yet.
+    pub async fn pending_request(
+        &self,
+        name: &str,
+    ) -> Result<Option<sirenia_core::projection::ProjectionRequest>, StoreError> {
+        let s = schema::quote(&self.shared.schema);
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                &format!("SELECT kind FROM {s}.projection_requests WHERE name = $1"),
+                &[&name],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(row
+            .and_then(|r| sirenia_core::projection::ProjectionRequest::parse(r.get::<_, &str>(0))))
+    }
+
     /// Every projection recorded in the schema: checkpoint, fault and parked count.
     pub async fn projections(
         &self,

@@ -11,7 +11,7 @@
 use deadpool_postgres::Object;
 use sirenia_core::projection::{
     ApplyError, Checkpoint, CheckpointStore, EventBatch, FailedEvent, HandlerError,
-    ProjectionTarget,
+    ProjectionRequest, ProjectionTarget,
 };
 use sirenia_core::{Position, RecordedEvent, StoreError, Timestamp};
 use tokio_postgres::{GenericClient, Transaction};
@@ -334,6 +334,33 @@ impl<P: PostgresProjection> ProjectionTarget for PostgresTarget<P> {
             .map_err(pg_error)?;
         tx.commit().await.map_err(pg_error)?;
         Ok(())
+    }
+
+    async fn pending_request(&mut self) -> Result<Option<ProjectionRequest>, StoreError> {
+        let s = quote(self.store.schema());
+        let name = self.name.clone();
+        let row = self
+            .client()?
+            .query_opt(
+                &format!("SELECT kind FROM {s}.projection_requests WHERE name = $1"),
+                &[&name],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(row.and_then(|r| ProjectionRequest::parse(r.get::<_, &str>(0))))
+    }
+
+    async fn finish_request(&mut self, request: ProjectionRequest) -> Result<(), StoreError> {
+        let s = quote(self.store.schema());
+        let name = self.name.clone();
+        self.client()?
+            .execute(
+                &format!("DELETE FROM {s}.projection_requests WHERE name = $1 AND kind = $2"),
+                &[&name, &request.as_str()],
+            )
+            .await
+            .map(|_| ())
+            .map_err(pg_error)
     }
 
     async fn reset(&mut self) -> Result<(), ApplyError> {

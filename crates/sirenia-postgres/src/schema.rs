@@ -101,7 +101,8 @@ $fn$;
 "#,
     // 2: projections: a checkpoint per projection name (the next position to read) with the
     // event it is faulted on, parked (dead-letter) events, and the version of each read model
-    // readers should use (blue/green).
+    // readers should use (blue/green), and operators' requests (rebuild, replay parked events)
+    // for the running projector.
     r#"
 CREATE TABLE {s}.projections (
     name          text PRIMARY KEY,
@@ -124,6 +125,11 @@ CREATE TABLE {s}.projection_versions (
     name       text PRIMARY KEY,
     version    text NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE {s}.projection_requests (
+    name         text PRIMARY KEY,
+    kind         text NOT NULL,
+    requested_at timestamptz NOT NULL DEFAULT now()
 );
 "#,
 ];

@@ -406,6 +406,30 @@ impl SqliteStore {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Asks the running projector of `name` to carry out `request` (it looks before each page
+    /// and at least every second while live). Works on read-only handles too.
+    pub async fn request_projection(
+        &self,
+        name: &str,
+        request: sirenia_core::projection::ProjectionRequest,
+    ) -> Result<(), StoreError> {
+        let (path, synchronous, name) = (
+            self.shared.path.clone(),
+            self.shared.synchronous,
+            name.to_owned(),
+        );
+        blocking(move || projection::request(&path, synchronous, &name, request)).await
+    }
+
+    /// The request for `name` its projector has not taken yet.
+    pub async fn pending_request(
+        &self,
+        name: &str,
+    ) -> Result<Option<sirenia_core::projection::ProjectionRequest>, StoreError> {
+        let (path, name) = (self.shared.path.clone(), name.to_owned());
+        blocking(move || projection::pending_request(&path, &name)).await
+    }
+
     /// Every projection recorded in this file: checkpoint, fault and parked count.
     pub async fn projections(
         &self,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use sirenia_core::projection::{
     ApplyError, Checkpoint, CheckpointStore, EventBatch, FailedEvent, HandlerError,
-    ProjectionTarget,
+    ProjectionRequest, ProjectionTarget,
 };
 use sirenia_core::{Position, RecordedEvent, StoreError, Timestamp};
 
@@ -388,6 +388,32 @@ impl<P: SqliteProjection> ProjectionTarget for SqliteTarget<P> {
         .await?
     }
 
+    async fn pending_request(&mut self) -> Result<Option<ProjectionRequest>, StoreError> {
+        self.with(|name, inner| {
+            let kind: Option<String> = inner
+                .conn
+                .prepare_cached("SELECT kind FROM projection_requests WHERE name = ?1")
+                .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
+                .map_err(sqlite_error)?;
+            Ok(kind.as_deref().and_then(ProjectionRequest::parse))
+        })
+        .await?
+    }
+
+    async fn finish_request(&mut self, request: ProjectionRequest) -> Result<(), StoreError> {
+        self.with(move |name, inner| {
+            inner
+                .conn
+                .execute(
+                    "DELETE FROM projection_requests WHERE name = ?1 AND kind = ?2",
+                    params![name, request.as_str()],
+                )
+                .map(|_| ())
+                .map_err(sqlite_error)
+        })
+        .await?
+    }
+
     async fn reset(&mut self) -> Result<(), ApplyError> {
         self.with(|name, inner| {
             let tx = immediate(&mut inner.conn)?;
@@ -575,4 +601,40 @@ pub(crate) fn stored_parked(path: &Path, name: &str) -> Result<Vec<FailedEvent>,
     let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(sqlite_error)?;
     list_parked(&conn, name)
+}
+
+/// Records `request` for the projector of `name` (replacing one not yet taken).
+pub(crate) fn request(
+    path: &Path,
+    synchronous: &str,
+    name: &str,
+    request: ProjectionRequest,
+) -> Result<(), StoreError> {
+    let conn = open_connection(path, synchronous)?;
+    conn.execute(
+        "INSERT INTO projection_requests (name, kind, requested_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET kind = excluded.kind,
+           requested_at = excluded.requested_at",
+        params![name, request.as_str(), to_i64(Timestamp::now().as_micros())],
+    )
+    .map(|_| ())
+    .map_err(sqlite_error)
+}
+
+/// The request for `name` not yet taken by its projector.
+pub(crate) fn pending_request(
+    path: &Path,
+    name: &str,
+) -> Result<Option<ProjectionRequest>, StoreError> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(sqlite_error)?;
+    let kind: Option<String> = conn
+        .query_row(
+            "SELECT kind FROM projection_requests WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(sqlite_error)?;
+    Ok(kind.as_deref().and_then(ProjectionRequest::parse))
 }

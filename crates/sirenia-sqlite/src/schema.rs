@@ -30,7 +30,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
      CREATE UNIQUE INDEX events_event_id ON events (event_id);",
     // 2: projections. A checkpoint per projection name (the next position to read) with the
     // event it is faulted on, if any; parked (dead-letter) events per projection; the version
-    // of each read model readers should use (blue/green).
+    // of each read model readers should use (blue/green); operators' requests (rebuild, replay
+    // parked events) for the running projector.
     "CREATE TABLE projections (
         name          TEXT    PRIMARY KEY,
         next_position INTEGER NOT NULL,
@@ -52,6 +53,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         name       TEXT    PRIMARY KEY,
         version    TEXT    NOT NULL,
         updated_at INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE projection_requests (
+        name         TEXT    PRIMARY KEY,
+        kind         TEXT    NOT NULL,
+        requested_at INTEGER NOT NULL
      ) STRICT;",
 ];
 

@@ -1,7 +1,7 @@
 //! [`AnyStore`]: one store type for programs that pick their store at run time from a path or
 //! a URL, as the reference service and the `sirenia` CLI do.
 
-use sirenia_core::projection::{FailedEvent, StoredProjection};
+use sirenia_core::projection::{FailedEvent, ProjectionRequest, StoredProjection};
 use sirenia_core::store::{AllPage, Direction, EventFilter, ImportBatch, StreamWrite};
 use sirenia_core::{
     AppendResult, EventId, EventStore, InMemoryStore, Position, RecordedEvent, StoreError, StreamId,
@@ -82,6 +82,37 @@ impl AnyStore {
             AnyStore::Sqlite(s) => s.projections().await,
             #[cfg(feature = "postgres")]
             AnyStore::Postgres(s) => s.projections().await,
+        }
+    }
+
+    /// Asks the running projector of `name` to carry out `request`.
+    pub async fn request_projection(
+        &self,
+        name: &str,
+        request: ProjectionRequest,
+    ) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Memory(_) => Err(StoreError::InvalidOptions {
+                message: "the in-memory store keeps no projections".to_owned(),
+            }),
+            #[cfg(feature = "sqlite")]
+            AnyStore::Sqlite(s) => s.request_projection(name, request).await,
+            #[cfg(feature = "postgres")]
+            AnyStore::Postgres(s) => s.request_projection(name, request).await,
+        }
+    }
+
+    /// The request for `name` its projector has not taken yet.
+    pub async fn pending_request(
+        &self,
+        name: &str,
+    ) -> Result<Option<ProjectionRequest>, StoreError> {
+        match self {
+            AnyStore::Memory(_) => Ok(None),
+            #[cfg(feature = "sqlite")]
+            AnyStore::Sqlite(s) => s.pending_request(name).await,
+            #[cfg(feature = "postgres")]
+            AnyStore::Postgres(s) => s.pending_request(name).await,
         }
     }
 
