@@ -637,8 +637,22 @@ impl<S: EventStore, T: ProjectionTarget> Projector<S, T> {
         let count = page.events.len() as u64;
         let last_recorded = page.events.last().map(|e| e.recorded_at);
         if count > 0 || next > self.next {
-            self.apply_with_policy(EventBatch::new(page.events), next)
-                .await?;
+            // Traced with the first event's correlation id: command → append → projection.
+            let span = tracing::debug_span!(
+                "sirenia.projection",
+                projection = %self.name,
+                events = count,
+                first_position = page.events.first().map(|e| e.position.0),
+                correlation_id = page
+                    .events
+                    .first()
+                    .and_then(|e| e.metadata.correlation_id.clone()),
+            );
+            tracing::Instrument::instrument(
+                self.apply_with_policy(EventBatch::new(page.events), next),
+                span,
+            )
+            .await?;
         }
         self.last_batch = count;
         self.next = next;
