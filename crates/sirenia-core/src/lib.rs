@@ -92,6 +92,7 @@ pub mod id;
 pub mod limits;
 pub mod memory;
 mod paging;
+pub mod process;
 pub mod projection;
 pub mod store;
 

@@ -218,6 +218,78 @@ impl EventStore for AnyStore {
     }
 }
 
+/// Checkpoints in whichever store an [`AnyStore`] holds, for at-least-once projections.
+#[non_exhaustive]
+pub enum AnyCheckpoints {
+    /// In memory (the in-memory store).
+    Memory(sirenia_core::projection::MemoryCheckpoints),
+    /// In the embedded store's file.
+    #[cfg(feature = "sqlite")]
+    Sqlite(sirenia_sqlite::SqliteCheckpoints),
+    /// In the PostgreSQL schema.
+    #[cfg(feature = "postgres")]
+    Postgres(sirenia_postgres::PostgresCheckpoints),
+}
+
+impl AnyStore {
+    /// Checkpoints kept in this store.
+    pub fn checkpoints(&self) -> AnyCheckpoints {
+        match self {
+            AnyStore::Memory(_) => {
+                AnyCheckpoints::Memory(sirenia_core::projection::MemoryCheckpoints::new())
+            }
+            #[cfg(feature = "sqlite")]
+            AnyStore::Sqlite(s) => AnyCheckpoints::Sqlite(s.checkpoints()),
+            #[cfg(feature = "postgres")]
+            AnyStore::Postgres(s) => AnyCheckpoints::Postgres(s.checkpoints()),
+        }
+    }
+}
+
+macro_rules! checkpoints {
+    ($self:expr, $c:ident => $call:expr) => {
+        match $self {
+            AnyCheckpoints::Memory($c) => $call,
+            #[cfg(feature = "sqlite")]
+            AnyCheckpoints::Sqlite($c) => $call,
+            #[cfg(feature = "postgres")]
+            AnyCheckpoints::Postgres($c) => $call,
+        }
+    };
+}
+
+impl sirenia_core::projection::CheckpointStore for AnyCheckpoints {
+    async fn load(
+        &mut self,
+        name: &str,
+    ) -> Result<sirenia_core::projection::Checkpoint, StoreError> {
+        checkpoints!(self, c => c.load(name).await)
+    }
+    async fn save(&mut self, name: &str, next: Position) -> Result<(), StoreError> {
+        checkpoints!(self, c => c.save(name, next).await)
+    }
+    async fn park(
+        &mut self,
+        name: &str,
+        failed: &FailedEvent,
+        next: Position,
+    ) -> Result<(), StoreError> {
+        checkpoints!(self, c => c.park(name, failed, next).await)
+    }
+    async fn fault(&mut self, name: &str, failed: &FailedEvent) -> Result<(), StoreError> {
+        checkpoints!(self, c => c.fault(name, failed).await)
+    }
+    async fn parked(&mut self, name: &str) -> Result<Vec<FailedEvent>, StoreError> {
+        checkpoints!(self, c => c.parked(name).await)
+    }
+    async fn unpark(&mut self, name: &str, position: Position) -> Result<(), StoreError> {
+        checkpoints!(self, c => c.unpark(name, position).await)
+    }
+    async fn reset(&mut self, name: &str) -> Result<(), StoreError> {
+        checkpoints!(self, c => c.reset(name).await)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::is_postgres_url;

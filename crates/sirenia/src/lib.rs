@@ -59,7 +59,7 @@
 pub use sirenia_core::*;
 
 mod any;
-pub use any::{AnyStore, is_postgres_url};
+pub use any::{AnyCheckpoints, AnyStore, is_postgres_url};
 
 /// Metrics and tracing around any store.
 #[cfg(feature = "metrics")]

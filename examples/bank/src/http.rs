@@ -26,6 +26,7 @@ use crate::idempotency::{self, MAX_IDEMPOTENCY_KEY_CHARS, Record};
 use crate::observe::{self, COMMANDS_TOTAL, HTTP_REQUESTS_TOTAL};
 use crate::outcome::Outcome;
 use crate::read_model::{MAX_LIST, ReadModel};
+use crate::transfer::{Transfer, TransferCommand, TransferStatus};
 
 /// How many times a command is retried when concurrent requests move its account first
 /// (then 409 `contention`).
@@ -61,6 +62,8 @@ pub struct App {
 
 struct Inner {
     accounts: Repository<Account, Store>,
+    transfers: Arc<Repository<Transfer, Store>>,
+    runner: Option<tokio::task::JoinHandle<()>>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     read_model: Option<ReadModel>,
 }
@@ -76,15 +79,21 @@ impl App {
                 None
             }
         };
+        let metered = Metered::new(store.clone());
+        let accounts_for_steps = Arc::new(retrying(Repository::new(metered.clone())));
+        let transfers = Arc::new(retrying(Repository::new(metered.clone())));
+        let runner = crate::transfer::start(
+            &store,
+            metered.clone(),
+            transfers.clone(),
+            accounts_for_steps,
+        );
         App {
             inner: Arc::new(Inner {
+                transfers,
+                runner,
                 read_model,
-                accounts: match Repository::new(Metered::new(store))
-                    .with_max_retries(COMMAND_RETRIES)
-                {
-                    Ok(repository) => repository,
-                    Err(_) => unreachable!("COMMAND_RETRIES is checked against the limit"),
-                },
+                accounts: retrying(Repository::new(metered)),
                 metrics: observe::prometheus(),
             }),
         }
@@ -92,6 +101,22 @@ impl App {
 
     fn store(&self) -> &Store {
         self.inner.accounts.store()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(runner) = &self.runner {
+            runner.abort();
+        }
+    }
+}
+
+/// `repository` with [`COMMAND_RETRIES`] retries on conflicts.
+fn retrying<A: sirenia::Aggregate>(repository: Repository<A, Store>) -> Repository<A, Store> {
+    match repository.with_max_retries(COMMAND_RETRIES) {
+        Ok(repository) => repository,
+        Err(_) => unreachable!("COMMAND_RETRIES is checked against the limit"),
     }
 }
 
@@ -107,6 +132,8 @@ pub fn router(app: App) -> Router {
         .route("/accounts/{id}/deposits", post(deposit))
         .route("/accounts/{id}/withdrawals", post(withdraw))
         .route("/accounts/{id}/close", post(close))
+        .route("/transfers", post(request_transfer))
+        .route("/transfers/{id}", get(get_transfer))
         .fallback(not_found)
         .with_state(app)
         .layer(middleware::from_fn(json_errors))
@@ -869,4 +896,115 @@ async fn account_events(
         .map_err(|e| store_error(&e))?;
     let events: Vec<Value> = page.iter().map(event_json).collect();
     Ok(axum::Json(Value::Array(events)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferBody {
+    from: String,
+    to: String,
+    amount: Value,
+}
+
+/// `POST /transfers`: 202 with the transfer's id; the transfer runs as a process. Unknown or
+/// closed accounts are accepted and make the transfer fail (after a refund if need be).
+async fn request_transfer(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    let post = match post_headers(&headers) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let body = match read_json(&headers, body).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let request = json!({ "method": "POST", "path": "/transfers", "body": &body.value });
+    let key = post.idempotency_key.clone();
+    let (transfers, post) = (&app.inner.transfers, &post);
+    idempotent(
+        &app,
+        key.as_deref(),
+        "transfer",
+        request,
+        move |command_id| async move {
+            let outcome = async {
+                let TransferBody {
+                    from,
+                    to,
+                    amount: raw,
+                } = parse(&body.bytes)?;
+                let from = account_id(&from)?;
+                let to = account_id(&to)?;
+                let amount = amount(&raw)?;
+                let id = match command_id {
+                    Some(c) => Uuid::new_v5(&c, b"transfer"),
+                    None => Uuid::now_v7(),
+                };
+                transfers
+                    .execute_with(
+                        &id.to_string(),
+                        TransferCommand::Request {
+                            from: from.to_string(),
+                            to: to.to_string(),
+                            amount,
+                        },
+                        // If-Match concerns accounts; a new transfer has no version to match.
+                        &CommandContext {
+                            expected_version: None,
+                            ..context(post, command_id)
+                        },
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        sirenia::CommandError::Rejected(r) => {
+                            ApiError::unprocessable(r.code(), r.to_string())
+                        }
+                        sirenia::CommandError::Store(e) => store_error(&e),
+                        other => ApiError::internal(&other),
+                    })?;
+                let mut outcome = Outcome::new(StatusCode::ACCEPTED, json!({ "id": id }));
+                outcome.location = Some(format!("/transfers/{id}"));
+                Ok::<_, ApiError>(outcome)
+            }
+            .await
+            .unwrap_or_else(Outcome::from);
+            count("transfer", &outcome);
+            outcome
+        },
+    )
+    .await
+}
+
+/// `GET /transfers/{id}`.
+async fn get_transfer(
+    State(app): State<App>,
+    Path(raw_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = Uuid::parse_str(&raw_id)
+        .map_err(|_| ApiError::bad_request("invalid_id", "a transfer id is a UUID"))?
+        .to_string();
+    let loaded = app
+        .inner
+        .transfers
+        .load(&id)
+        .await
+        .map_err(|e| load_error(&e))?;
+    let t = loaded.state;
+    let status = match t.status {
+        TransferStatus::Unknown => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "transfer_not_found",
+                "no such transfer",
+            ));
+        }
+        TransferStatus::Pending => "pending",
+        TransferStatus::Completed => "completed",
+        TransferStatus::Failed => "failed",
+    };
+    let reason = (t.status == TransferStatus::Failed).then_some(t.reason);
+    Ok(axum::Json(json!({
+        "id": id, "from": t.from, "to": t.to, "amount": t.amount, "status": status,
+        "reason": reason.flatten(),
+    }))
+    .into_response())
 }

@@ -25,6 +25,7 @@ pub mod idempotency;
 pub mod observe;
 pub mod outcome;
 pub mod read_model;
+pub mod transfer;
 
 pub use http::{App, router};
 

@@ -41,7 +41,147 @@ on_both_stores!(
     error_answers,
     health_and_metrics,
     read_model_lists_accounts,
+    transfers_complete_or_fail_and_conserve_money,
 );
+
+/// Polls a transfer until it leaves `pending`.
+async fn settled(addr: std::net::SocketAddr, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let t = get(addr, &format!("/transfers/{id}")).await;
+        assert_eq!(t.status, 200, "{}", String::from_utf8_lossy(&t.body));
+        let body = t.json();
+        if body["status"] != "pending" {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "transfer {id} still pending"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn transfer(addr: std::net::SocketAddr, from: &str, to: &str, amount: u64) -> String {
+    let r = post(
+        addr,
+        "/transfers",
+        &json!({ "from": from, "to": to, "amount": amount }),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/transfers/{id}").as_str())
+    );
+    id
+}
+
+async fn balance(addr: std::net::SocketAddr, id: &str) -> u64 {
+    get(addr, &format!("/accounts/{id}")).await.json()["balance"]
+        .as_u64()
+        .unwrap()
+}
+
+async fn transfers_complete_or_fail_and_conserve_money(backend: Backend) {
+    let server = Server::start(backend).await;
+    let addr = server.addr;
+    let a = open_account(addr, "A").await;
+    let b = open_account(addr, "B").await;
+    let closed = open_account(addr, "C").await;
+    send(
+        addr,
+        "POST",
+        &format!("/accounts/{closed}/close"),
+        &[],
+        None,
+    )
+    .await;
+    post(
+        addr,
+        &format!("/accounts/{a}/deposits"),
+        &json!({ "amount": 100 }),
+        &[],
+    )
+    .await;
+
+    let ok = transfer(addr, &a, &b, 30).await;
+    let t = settled(addr, &ok).await;
+    assert_eq!(
+        t,
+        json!({ "id": ok, "from": a, "to": b, "amount": 30, "status": "completed", "reason": null })
+    );
+    assert_eq!((balance(addr, &a).await, balance(addr, &b).await), (70, 30));
+
+    let poor = transfer(addr, &b, &a, 31).await;
+    let t = settled(addr, &poor).await;
+    assert_eq!(
+        (t["status"].as_str(), t["reason"].as_str()),
+        (Some("failed"), Some("insufficient_funds"))
+    );
+
+    // To a closed or missing account: accepted, then refunded and failed.
+    let to_closed = transfer(addr, &a, &closed, 20).await;
+    let t = settled(addr, &to_closed).await;
+    assert_eq!(
+        (t["status"].as_str(), t["reason"].as_str()),
+        (Some("failed"), Some("account_closed"))
+    );
+    let missing = uuid::Uuid::now_v7().to_string();
+    let to_missing = transfer(addr, &a, &missing, 20).await;
+    let t = settled(addr, &to_missing).await;
+    assert_eq!(
+        (t["status"].as_str(), t["reason"].as_str()),
+        (Some("failed"), Some("account_not_found"))
+    );
+    assert_eq!(
+        (balance(addr, &a).await, balance(addr, &b).await),
+        (70, 30),
+        "refunded"
+    );
+
+    // Bad requests.
+    for (body, status, code) in [
+        (
+            json!({ "from": a, "to": a, "amount": 1 }),
+            422,
+            "same_account",
+        ),
+        (
+            json!({ "from": a, "to": b, "amount": 0 }),
+            422,
+            "invalid_amount",
+        ),
+        (
+            json!({ "from": "x", "to": b, "amount": 1 }),
+            400,
+            "invalid_id",
+        ),
+        (json!({ "from": a, "to": b }), 400, "invalid_request"),
+        (
+            json!({ "from": a, "to": b, "amount": 1, "memo": "x" }),
+            400,
+            "invalid_request",
+        ),
+    ] {
+        let r = post(addr, "/transfers", &body, &[]).await;
+        assert_eq!((r.status, r.error().as_str()), (status, code), "{body}");
+    }
+    let r = get(addr, &format!("/transfers/{}", uuid::Uuid::now_v7())).await;
+    assert_eq!((r.status, r.error()), (404, "transfer_not_found".into()));
+    let r = get(addr, "/transfers/nope").await;
+    assert_eq!(r.status, 400);
+    // An idempotent transfer request runs once.
+    let key = [("Idempotency-Key", "tr-1")];
+    let body = json!({ "from": a, "to": b, "amount": 5 });
+    let first = post(addr, "/transfers", &body, &key).await;
+    let again = post(addr, "/transfers", &body, &key).await;
+    assert_eq!(first.json(), again.json());
+    settled(addr, first.json()["id"].as_str().unwrap()).await;
+    assert_eq!((balance(addr, &a).await, balance(addr, &b).await), (65, 35));
+}
 
 async fn read_model_lists_accounts(backend: Backend) {
     let server = Server::start(backend).await;

@@ -204,3 +204,173 @@ async fn sigterm_stops_the_service_cleanly() {
     let state = get(restarted.addr, &format!("/accounts/{id}")).await;
     assert_eq!(state.status, 200);
 }
+
+/// Transfers requested.
+const TRANSFERS: usize = 200;
+/// Accounts they move money between.
+const ACCOUNTS: usize = 8;
+/// Kill-and-restart rounds while transfers run.
+const TRANSFER_KILLS: usize = 3;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_transfers_survive_kill_9() {
+    transfers_survive_kill_9(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_transfers_survive_kill_9() {
+    transfers_survive_kill_9(Backend::Postgres).await;
+}
+
+/// 200 concurrent transfers (some to a closed or a missing account) while the service — which
+/// also runs the transfer processes — is killed with SIGKILL and restarted: afterwards every
+/// transfer completed or failed with a reason, money is conserved, and each debit, credit and
+/// refund was applied once.
+async fn transfers_survive_kill_9(backend: Backend) {
+    let place = Place::new(backend);
+    let mut process = Process::start(&place).await;
+    let addr = Arc::new(Mutex::new(process.addr));
+    let mut accounts = Vec::new();
+    for i in 0..ACCOUNTS {
+        let id = common::open_account(process.addr, &format!("owner-{i}")).await;
+        let r = post(
+            process.addr,
+            &format!("/accounts/{id}/deposits"),
+            &json!({ "amount": 1000 }),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        accounts.push(id);
+    }
+    let closed = common::open_account(process.addr, "closed").await;
+    assert_eq!(
+        common::send(
+            process.addr,
+            "POST",
+            &format!("/accounts/{closed}/close"),
+            &[],
+            None
+        )
+        .await
+        .status,
+        200
+    );
+    let missing = uuid::Uuid::now_v7().to_string();
+    let total = 1000 * ACCOUNTS as u64;
+
+    // Each transfer is requested with an idempotency key and retried until accepted.
+    let mut clients = Vec::new();
+    for i in 0..TRANSFERS {
+        let from = accounts[i % ACCOUNTS].clone();
+        let to = match i % 20 {
+            7 => closed.clone(),
+            13 => missing.clone(),
+            _ => accounts[(i * 7 + 3) % ACCOUNTS].clone(),
+        };
+        let to = if to == from {
+            accounts[(i + 1) % ACCOUNTS].clone()
+        } else {
+            to
+        };
+        let amount = 1 + (i as u64 * 37) % 300;
+        let addr = addr.clone();
+        clients.push(tokio::spawn(async move {
+            let key = format!("transfer-{i}");
+            let body =
+                serde_json::to_vec(&json!({ "from": from, "to": to, "amount": amount })).unwrap();
+            loop {
+                let target = *addr.lock().unwrap();
+                let request = format!(
+                    "POST /transfers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+                     Content-Type: application/json\r\nIdempotency-Key: {key}\r\n\
+                     Content-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                let mut bytes = request.into_bytes();
+                bytes.extend_from_slice(&body);
+                match common::raw(target, &bytes).await {
+                    Some(r) if r.status == 202 => {
+                        return r.json()["id"].as_str().unwrap().to_owned();
+                    }
+                    Some(r) if r.status == 409 || r.status >= 500 => {}
+                    Some(r) => panic!(
+                        "unexpected {}: {}",
+                        r.status,
+                        String::from_utf8_lossy(&r.body)
+                    ),
+                    None => {}
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+    for round in 0..TRANSFER_KILLS {
+        tokio::time::sleep(Duration::from_millis(150 + 100 * round as u64)).await;
+        process.child.start_kill().unwrap();
+        process.child.wait().await.unwrap();
+        process = Process::start(&place).await;
+        *addr.lock().unwrap() = process.addr;
+    }
+    let mut ids = Vec::new();
+    for client in clients {
+        ids.push(client.await.unwrap());
+    }
+    let current = *addr.lock().unwrap();
+
+    // Every transfer settles.
+    let mut debited = 0u64;
+    let mut credited = 0u64;
+    let mut refunded = 0u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    for id in &ids {
+        let body = loop {
+            let body = get(current, &format!("/transfers/{id}")).await.json();
+            if body["status"] != "pending" {
+                break body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "transfer {id} still pending"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        match (body["status"].as_str(), body["reason"].as_str()) {
+            (Some("completed"), None) => {
+                debited += 1;
+                credited += 1;
+            }
+            (Some("failed"), Some("insufficient_funds")) => {}
+            (Some("failed"), Some("account_closed" | "account_not_found")) => {
+                debited += 1;
+                refunded += 1;
+            }
+            other => panic!("transfer {id} ended as {other:?}"),
+        }
+    }
+    // Money is conserved; each step was applied once.
+    let mut sum = 0u64;
+    let (mut withdrawals, mut deposits) = (0u64, 0u64);
+    for id in accounts.iter().chain([&closed]) {
+        sum += get(current, &format!("/accounts/{id}")).await.json()["balance"]
+            .as_u64()
+            .unwrap();
+        let events = get(current, &format!("/accounts/{id}/events?limit=1000"))
+            .await
+            .json();
+        for e in events.as_array().unwrap() {
+            match e["type"].as_str() {
+                Some("MoneyWithdrawn") => withdrawals += 1,
+                Some("MoneyDeposited") => deposits += 1,
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(sum, total, "money was created or lost");
+    assert_eq!(withdrawals, debited, "a debit was applied twice or lost");
+    assert_eq!(
+        deposits - ACCOUNTS as u64,
+        credited + refunded,
+        "a credit or refund was applied twice or lost"
+    );
+}
