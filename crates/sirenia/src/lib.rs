@@ -12,6 +12,7 @@
 //! |-----------|--------------|
 //! | `sqlite`  | `sirenia::sqlite` and `SqliteStore`: the embedded single-file store (the default choice) |
 //! | `postgres` | `sirenia::postgres` and `PostgresStore`: many application instances on one PostgreSQL |
+//! | `nats`    | `sirenia::nats`: the outbox relay to NATS JetStream and the inbound consumer |
 //! | `metrics` | `sirenia::Metered`: append counts, latency and conflicts through the `metrics` facade, and tracing spans |
 //! | `testkit` | `sirenia::testkit`: the store conformance suite and given/when/then fixtures |
 //!
@@ -78,6 +79,10 @@ pub use sirenia_sqlite::SqliteStore;
 pub use sirenia_postgres as postgres;
 #[cfg(feature = "postgres")]
 pub use sirenia_postgres::PostgresStore;
+
+/// The outbox relay to NATS JetStream and the inbound consumer.
+#[cfg(feature = "nats")]
+pub use sirenia_nats as nats;
 
 /// The store conformance suite and given/when/then fixtures.
 #[cfg(feature = "testkit")]
