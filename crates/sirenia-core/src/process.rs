@@ -151,6 +151,62 @@ where
     }
 }
 
+/// Maps events of other streams to the processes they start or advance: the process's id is
+/// the correlation, taken from the event.
+pub trait ProcessStarter<P: ProcessManager>: Send + Sync + 'static
+where
+    P::Command: Clone,
+{
+    /// The process id and the command for it that `event` calls for, if any.
+    fn correlate(&self, event: &RecordedEvent) -> Option<(String, P::Command)>;
+}
+
+/// Runs a [`ProcessStarter`] over the events it follows: a [`Handler`], to run in an
+/// at-least-once projection over the categories that start processes. Each command carries an
+/// id derived from the triggering event, so a redelivery starts nothing twice.
+pub struct ProcessTrigger<P: ProcessManager, S, T>
+where
+    P::Command: Clone,
+{
+    processes: Arc<Repository<P, S>>,
+    starter: T,
+}
+
+impl<P: ProcessManager, S: EventStore, T: ProcessStarter<P>> ProcessTrigger<P, S, T>
+where
+    P::Command: Clone,
+{
+    /// Starts processes in `processes` as `starter` says.
+    pub fn new(processes: Arc<Repository<P, S>>, starter: T) -> Self {
+        ProcessTrigger { processes, starter }
+    }
+}
+
+impl<P: ProcessManager, S: EventStore, T: ProcessStarter<P>> Handler for ProcessTrigger<P, S, T>
+where
+    P::Command: Clone + Send + Sync,
+{
+    async fn handle(&mut self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        let Some((id, command)) = self.starter.correlate(event) else {
+            return Ok(());
+        };
+        let mut context = CommandContext::new()
+            .command_id(step_command_id(event, "trigger"))
+            .causation_id(event.id.to_string());
+        if let Some(c) = &event.metadata.correlation_id {
+            context = context.correlation_id(c.clone());
+        }
+        match self.processes.execute_with(&id, command, &context).await {
+            Ok(_) => Ok(()),
+            Err(CommandError::Rejected(e)) => {
+                tracing::info!(process = %id, error = %e, "a process refused its trigger");
+                Ok(())
+            }
+            Err(e) => Err(Box::new(e)),
+        }
+    }
+}
+
 /// How often the deadline keeper looks at the clock while a deadline is pending.
 pub const DEADLINE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 

@@ -114,3 +114,91 @@ async fn a_deadline_across_a_restart_fires_once() {
     late.abort();
     assert_eq!(repo.load("r1").await.unwrap().version, 2);
 }
+
+/// A welcome process, started by `UserJoined` events of `user-*` streams and correlated by the
+/// user's id.
+#[derive(Default)]
+struct Welcome {
+    started: u32,
+}
+
+#[derive(Clone, Debug)]
+struct Start;
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+enum WelcomeEvent {
+    Started,
+}
+
+impl DomainEvent for WelcomeEvent {}
+
+impl Aggregate for Welcome {
+    const CATEGORY: &'static str = "welcome";
+    type Command = Start;
+    type Event = WelcomeEvent;
+    type Error = std::convert::Infallible;
+
+    fn apply(&mut self, _: &WelcomeEvent) {
+        self.started += 1;
+    }
+
+    // Deliberately not idempotent itself: only the trigger's command ids keep it to once.
+    fn handle(&self, _: Start) -> Result<Vec<WelcomeEvent>, std::convert::Infallible> {
+        Ok(vec![WelcomeEvent::Started])
+    }
+}
+
+impl ProcessManager for Welcome {}
+
+struct ByUser;
+
+impl sirenia_core::process::ProcessStarter<Welcome> for ByUser {
+    fn correlate(&self, event: &sirenia_core::RecordedEvent) -> Option<(String, Start)> {
+        (event.event_type == "UserJoined").then(|| {
+            let user = event
+                .stream_id
+                .as_str()
+                .trim_start_matches("user-")
+                .to_owned();
+            (user, Start)
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_process_started_by_an_event_starts_once_however_often_it_is_delivered() {
+    use sirenia_core::projection::{AtLeastOnce, MemoryCheckpoints, ProjectionOptions, Projector};
+    use sirenia_core::{EventFilter, EventStore, ExpectedVersion, NewEvent, StreamId, StreamWrite};
+
+    let store = InMemoryStore::new();
+    for user in ["ada", "alan"] {
+        store
+            .append(vec![StreamWrite::new(
+                StreamId::new(format!("user-{user}")).unwrap(),
+                ExpectedVersion::Any,
+                vec![
+                    NewEvent::json("UserJoined", &serde_json::json!({})),
+                    NewEvent::json("UserRenamed", &serde_json::json!({})),
+                ],
+            )])
+            .await
+            .unwrap();
+    }
+    let welcomes = Arc::new(Repository::<Welcome, _>::new(store.clone()));
+    // Three deliveries of the same events: fresh checkpoints each time, as after losing them.
+    for _ in 0..3 {
+        let trigger = sirenia_core::process::ProcessTrigger::new(welcomes.clone(), ByUser);
+        let target = AtLeastOnce::new("welcome-trigger", trigger, MemoryCheckpoints::new());
+        let options = ProjectionOptions {
+            filter: EventFilter::category("user"),
+            ..ProjectionOptions::default()
+        };
+        let mut projector =
+            Projector::new("welcome-trigger", store.clone(), target, options).unwrap();
+        projector.catch_up(|_| {}).await.unwrap();
+    }
+    for user in ["ada", "alan"] {
+        let loaded = welcomes.load(user).await.unwrap();
+        assert_eq!((loaded.version, loaded.state.started), (1, 1), "{user}");
+    }
+}

@@ -1033,3 +1033,68 @@ async fn health_and_metrics(backend: Backend) {
     }
     let _: Value = json!(null);
 }
+
+/// Two instances of the service on one PostgreSQL: writes through either are seen by both,
+/// their If-Match and idempotency checks hold across them, one runs the read model and the
+/// other waits on its checkpoint, and transfers settle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_one_postgres() {
+    let first = Server::start(Backend::Postgres).await;
+    let (second, task) = first.another_instance().await;
+    let a = first.addr;
+    let id = open_account(a, "Shared").await;
+    let r = post(
+        second,
+        &format!("/accounts/{id}/deposits"),
+        &json!({ "amount": 70 }),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let state = get(a, &format!("/accounts/{id}")).await;
+    assert_eq!(
+        (state.json()["balance"].as_u64(), state.header("etag")),
+        (Some(70), Some("\"2\""))
+    );
+    // If-Match across instances.
+    let stale = post(
+        second,
+        &format!("/accounts/{id}/withdrawals"),
+        &json!({ "amount": 1 }),
+        &[("If-Match", "\"1\"")],
+    )
+    .await;
+    assert_eq!(stale.status, 412);
+    // The same idempotency key through both instances: one effect.
+    let key = [("Idempotency-Key", "shared-1")];
+    let one = post(
+        a,
+        &format!("/accounts/{id}/withdrawals"),
+        &json!({ "amount": 5 }),
+        &key,
+    )
+    .await;
+    let two = post(
+        second,
+        &format!("/accounts/{id}/withdrawals"),
+        &json!({ "amount": 5 }),
+        &key,
+    )
+    .await;
+    assert_eq!((one.status, one.json()), (two.status, two.json()));
+    // The read model, whichever instance runs it.
+    let position = one.json()["position"].as_u64().unwrap();
+    for addr in [a, second] {
+        let list = get(addr, &format!("/accounts?min_position={position}")).await;
+        assert_eq!(list.status, 200, "{}", String::from_utf8_lossy(&list.body));
+        assert_eq!(list.json()[0]["balance"], 65);
+    }
+    let other = open_account(second, "Other").await;
+    let t = transfer(second, &id, &other, 15).await;
+    assert_eq!(settled(a, &t).await["status"], "completed");
+    assert_eq!(
+        (balance(a, &id).await, balance(second, &other).await),
+        (50, 15)
+    );
+    task.abort();
+}

@@ -145,6 +145,22 @@ impl Server {
         }
     }
 
+    /// A second instance of the service on the same PostgreSQL schema as `self` (its own
+    /// connections, projector and listener).
+    pub async fn another_instance(&self) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let store = match &self._place {
+            Place::Schema(_) => self._place.open().await,
+            Place::File(_) => panic!("only PostgreSQL takes several instances"),
+        };
+        let app = bank::App::new(store);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, bank::router(app)).await;
+        });
+        (addr, task)
+    }
+
     pub async fn head(&self) -> Position {
         self.store.head_position().await.unwrap()
     }
