@@ -13,6 +13,7 @@
 
 mod postgres;
 mod report;
+mod snapshot_bench;
 mod sqlite;
 
 use std::time::Duration;

@@ -354,6 +354,29 @@ pub(crate) async fn run(
         }
     }
 
+    // S6: load a 10,000-event aggregate, replaying every event and from a snapshot taken every
+    // 100 events.
+    if keep("S6") {
+        let store = SqliteStore::open(fresh("s6")).await?;
+        let m = crate::snapshot_bench::loads(store.clone(), Arc::new(store.snapshots())).await?;
+        let (plain, snapped) = m;
+        let plain_rate = plain.rate();
+        rows.push(row(
+            "S6 sqlite load a 10k-event aggregate",
+            "replay of every event (no snapshot)",
+            plain,
+            None,
+            None,
+        ));
+        rows.push(row(
+            "S6 sqlite load a 10k-event aggregate",
+            "snapshot (every 100 events) + tail",
+            snapped,
+            Some(("replay", plain_rate)),
+            Some(Goal::Ratio(20.0)),
+        ));
+    }
+
     // S8: catch-up of a no-op projection over the whole log (against plain SQLite reading the
     // same rows), then live delivery latency while 4 writers append.
     if keep("S8") {

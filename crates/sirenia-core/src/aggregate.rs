@@ -7,6 +7,10 @@ use crate::codec::{DomainEvent, JsonCodec};
 use crate::error::{CommandError, InvalidStreamId, Limit, LoadError, StoreError};
 use crate::event::Metadata;
 use crate::id::{EventId, ExpectedVersion, Position, StreamId, Timestamp};
+use crate::snapshot::{Snapshot, SnapshotCodec, SnapshotPolicy, SnapshotStore, Snapshotted};
+
+/// Snapshots ignored since the process started (another schema version, or undecodable).
+pub static SNAPSHOTS_IGNORED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 use crate::limits::{DEFAULT_COMMAND_RETRIES, MAX_COMMAND_RETRIES, MAX_EVENTS_PER_COMMAND};
 use crate::store::{EventStore, ReadStream, StreamWrite};
 
@@ -112,6 +116,7 @@ pub struct Repository<A: Aggregate, S> {
     store: S,
     codec: JsonCodec<A::Event>,
     max_retries: u32,
+    snapshots: Option<SnapshotCodec<A>>,
 }
 
 impl<A: Aggregate, S: Clone> Clone for Repository<A, S> {
@@ -120,6 +125,7 @@ impl<A: Aggregate, S: Clone> Clone for Repository<A, S> {
             store: self.store.clone(),
             codec: self.codec.clone(),
             max_retries: self.max_retries,
+            snapshots: self.snapshots.clone(),
         }
     }
 }
@@ -141,7 +147,23 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             store,
             codec: JsonCodec::new(),
             max_retries: DEFAULT_COMMAND_RETRIES,
+            snapshots: None,
         }
+    }
+
+    /// Takes snapshots into `snapshots` as `policy` says (in the background, after a
+    /// successful append) and loads from the latest usable one plus the events after it. A
+    /// snapshot that fails to decode or has another schema version is ignored.
+    pub fn with_snapshots(
+        mut self,
+        snapshots: std::sync::Arc<dyn SnapshotStore>,
+        policy: SnapshotPolicy,
+    ) -> Self
+    where
+        A: Snapshotted,
+    {
+        self.snapshots = Some(SnapshotCodec::new(snapshots, policy));
+        self
     }
 
     /// Uses `codec` (with its upcasters) for this aggregate's events.
@@ -213,16 +235,26 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         upto: Option<u64>,
         at: Option<Timestamp>,
     ) -> Result<Loaded<A>, LoadError> {
-        let mut options = ReadStream::forward();
-        if let Some(limit) = upto {
-            options = options.limit(limit);
-        }
-        let mut events = self.store.read_stream(stream, options);
         let mut loaded = Loaded {
             state: A::default(),
             version: 0,
             last_position: None,
         };
+        // Time travel by timestamp replays: a snapshot does not say when its events were
+        // recorded.
+        if at.is_none()
+            && let Some(from_snapshot) = self.load_snapshot(stream, upto).await
+        {
+            loaded = from_snapshot;
+        }
+        let mut options = ReadStream::forward().from(loaded.version);
+        if let Some(limit) = upto {
+            if limit <= loaded.version {
+                return Ok(loaded);
+            }
+            options = options.limit(limit - loaded.version);
+        }
+        let mut events = self.store.read_stream(stream, options);
         while let Some(recorded) = events.next().await {
             let recorded = recorded?;
             if at.is_some_and(|at| recorded.recorded_at > at) {
@@ -234,6 +266,65 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             loaded.last_position = Some(recorded.position);
         }
         Ok(loaded)
+    }
+
+    /// The state in the latest usable snapshot at or below `upto`, if snapshots are on.
+    async fn load_snapshot(&self, stream: &StreamId, upto: Option<u64>) -> Option<Loaded<A>> {
+        let snapshots = self.snapshots.as_ref()?;
+        let found = match snapshots.store.load(stream, upto.unwrap_or(u64::MAX)).await {
+            Ok(found) => found?,
+            Err(e) => {
+                tracing::warn!(%stream, error = %e, "snapshot unavailable; replaying events");
+                return None;
+            }
+        };
+        let state = (found.schema_version == snapshots.schema_version)
+            .then(|| (snapshots.decode)(&found.data))
+            .flatten();
+        match state {
+            Some(state) => Some(Loaded {
+                state,
+                version: found.version,
+                last_position: None,
+            }),
+            None => {
+                tracing::warn!(%stream, version = found.version,
+                    schema_version = found.schema_version,
+                    "snapshot ignored (another schema version or undecodable); replaying events");
+                SNAPSHOTS_IGNORED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Saves a snapshot of `state` at `version` if the policy calls for one, in the background.
+    fn maybe_snapshot(&self, stream: &StreamId, before: u64, version: u64, state: &A) {
+        let Some(snapshots) = &self.snapshots else {
+            return;
+        };
+        if !snapshots.policy.due(before, version) {
+            return;
+        }
+        let Some(data) = (snapshots.encode)(state) else {
+            tracing::warn!(%stream, "the state did not encode; no snapshot");
+            return;
+        };
+        let snapshot = Snapshot {
+            stream: stream.clone(),
+            version,
+            schema_version: snapshots.schema_version,
+            data,
+            taken_at: Timestamp::now(),
+        };
+        let store = snapshots.store.clone();
+        let save = async move {
+            if let Err(e) = store.save(snapshot).await {
+                tracing::warn!(error = %e, "saving a snapshot failed");
+            }
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(save);
+        }
     }
 
     /// Runs `command` on aggregate `id` with an empty [`CommandContext`].
@@ -334,6 +425,9 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     let mut state = loaded.state;
                     for event in &events {
                         state.apply(event);
+                    }
+                    if let Some(a) = &appended {
+                        self.maybe_snapshot(&stream, loaded.version, a.version, &state);
                     }
                     return Ok(Executed {
                         state,

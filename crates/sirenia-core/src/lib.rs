@@ -94,6 +94,7 @@ pub mod memory;
 mod paging;
 pub mod process;
 pub mod projection;
+pub mod snapshot;
 pub mod store;
 
 pub use aggregate::{Aggregate, CommandContext, Executed, Loaded, Repository};

@@ -45,6 +45,9 @@ use tokio_postgres::{NoTls, Row};
 
 pub mod projection;
 mod schema;
+mod snapshots;
+
+pub use snapshots::PostgresSnapshots;
 
 pub use projection::{PostgresCheckpoints, PostgresProjection, PostgresTarget};
 /// The PostgreSQL client projection handlers write with (the same version as the store's).
@@ -490,6 +493,11 @@ impl PostgresStore {
             .await
             .map_err(pg_error)?
             .map(|r| r.get(0)))
+    }
+
+    /// Aggregate snapshots kept in this schema (for `Repository::with_snapshots`).
+    pub fn snapshots(&self) -> PostgresSnapshots {
+        PostgresSnapshots::new(self)
     }
 
     /// Checkpoints kept in this database, for an at-least-once projection

@@ -102,7 +102,7 @@ $fn$;
     // 2: projections: a checkpoint per projection name (the next position to read) with the
     // event it is faulted on, parked (dead-letter) events, and the version of each read model
     // readers should use (blue/green), and operators' requests (rebuild, replay parked events)
-    // for the running projector.
+    // for the running projector; aggregate snapshots.
     r#"
 CREATE TABLE {s}.projections (
     name          text PRIMARY KEY,
@@ -130,6 +130,14 @@ CREATE TABLE {s}.projection_requests (
     name         text PRIMARY KEY,
     kind         text NOT NULL,
     requested_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE {s}.snapshots (
+    stream_id      text NOT NULL,
+    version        bigint NOT NULL,
+    schema_version integer NOT NULL,
+    data           bytea NOT NULL,
+    taken_at       bigint NOT NULL,
+    PRIMARY KEY (stream_id, version)
 );
 "#,
 ];

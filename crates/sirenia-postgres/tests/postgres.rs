@@ -455,3 +455,15 @@ async fn appends_inside_a_transaction_share_it_and_refusals_leave_it_usable() {
         "exactly the accepted appends, in order"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_in_the_schema_pass_the_snapshot_cases() {
+    let store = common::fresh_store().await;
+    let inner = store.store().clone();
+    sirenia_testkit::snapshots::snapshot_store_cases(&inner.snapshots()).await;
+    sirenia_testkit::snapshots::snapshot_repository_cases(
+        inner.clone(),
+        std::sync::Arc::new(inner.snapshots()),
+    )
+    .await;
+}

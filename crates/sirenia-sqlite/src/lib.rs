@@ -55,11 +55,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub mod projection;
 mod read;
 mod schema;
+mod snapshots;
 mod writer;
 
 pub use projection::{SqliteCheckpoints, SqliteProjection, SqliteTarget};
 /// The SQLite bindings projection handlers write with (the same version as the store's).
 pub use rusqlite;
+pub use snapshots::SqliteSnapshots;
 
 pub use writer::{MAX_GROUP_APPENDS, MAX_GROUP_EVENTS};
 
@@ -459,6 +461,11 @@ impl SqliteStore {
     pub async fn active_version(&self, name: &str) -> Result<Option<String>, StoreError> {
         let (path, name) = (self.shared.path.clone(), name.to_owned());
         blocking(move || projection::active_version(&path, &name)).await
+    }
+
+    /// Aggregate snapshots kept in this file (for `Repository::with_snapshots`).
+    pub fn snapshots(&self) -> SqliteSnapshots {
+        SqliteSnapshots::new(&self.shared.path, self.shared.synchronous)
     }
 
     /// Checkpoints kept in this file, for an at-least-once projection

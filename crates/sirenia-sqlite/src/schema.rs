@@ -31,7 +31,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // 2: projections. A checkpoint per projection name (the next position to read) with the
     // event it is faulted on, if any; parked (dead-letter) events per projection; the version
     // of each read model readers should use (blue/green); operators' requests (rebuild, replay
-    // parked events) for the running projector.
+    // parked events) for the running projector; aggregate snapshots.
     "CREATE TABLE projections (
         name          TEXT    PRIMARY KEY,
         next_position INTEGER NOT NULL,
@@ -58,6 +58,14 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         name         TEXT    PRIMARY KEY,
         kind         TEXT    NOT NULL,
         requested_at INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE snapshots (
+        stream_id      TEXT    NOT NULL,
+        version        INTEGER NOT NULL,
+        schema_version INTEGER NOT NULL,
+        data           BLOB    NOT NULL,
+        taken_at       INTEGER NOT NULL,
+        PRIMARY KEY (stream_id, version)
      ) STRICT;",
 ];
 

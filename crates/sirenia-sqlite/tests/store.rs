@@ -347,3 +347,17 @@ async fn the_page_size_applies_to_new_files_and_is_validated() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_in_the_file_pass_the_snapshot_cases() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("events.db"))
+        .await
+        .unwrap();
+    sirenia_testkit::snapshots::snapshot_store_cases(&store.snapshots()).await;
+    sirenia_testkit::snapshots::snapshot_repository_cases(
+        store.clone(),
+        std::sync::Arc::new(store.snapshots()),
+    )
+    .await;
+}

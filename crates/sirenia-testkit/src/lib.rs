@@ -34,6 +34,7 @@ pub mod conformance;
 pub mod fixture;
 pub mod guard;
 pub mod oracle;
+pub mod snapshots;
 
 pub use fixture::{AggregateFixture, AggregateVerdict};
 pub use guard::Guarded;

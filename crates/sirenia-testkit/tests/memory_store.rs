@@ -7,3 +7,14 @@ async fn make_store() -> InMemoryStore {
 }
 
 sirenia_testkit::conformance_tests!(make_store);
+
+#[tokio::test]
+async fn memory_snapshots_pass_the_snapshot_cases() {
+    let snapshots = sirenia_core::snapshot::MemorySnapshots::new();
+    sirenia_testkit::snapshots::snapshot_store_cases(&snapshots).await;
+    sirenia_testkit::snapshots::snapshot_repository_cases(
+        InMemoryStore::new(),
+        std::sync::Arc::new(sirenia_core::snapshot::MemorySnapshots::new()),
+    )
+    .await;
+}
