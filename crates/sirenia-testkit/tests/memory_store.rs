@@ -18,3 +18,49 @@ async fn memory_snapshots_pass_the_snapshot_cases() {
     )
     .await;
 }
+
+#[test]
+fn tally_snapshots_restore_the_replayed_state() {
+    use proptest::prelude::*;
+    use sirenia_testkit::snapshots::{Tally, TallyEvent};
+    sirenia_testkit::fixture::check_snapshot_restorability::<Tally, _>(proptest::collection::vec(
+        any::<i32>().prop_map(|n| TallyEvent::Added(n.into())),
+        0..40,
+    ));
+}
+
+/// The check fails for a state whose snapshot loses something.
+#[test]
+#[should_panic(expected = "snapshot restorability")]
+fn a_snapshot_that_loses_state_fails_the_restorability_check() {
+    use proptest::prelude::*;
+    use serde::{Deserialize, Serialize};
+    use sirenia_core::{Aggregate, DomainEvent};
+
+    #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+    struct Forgetful {
+        total: i64,
+        #[serde(skip)]
+        seen: u32,
+    }
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    struct Seen(i64);
+    impl DomainEvent for Seen {}
+    impl Aggregate for Forgetful {
+        const CATEGORY: &'static str = "forgetful";
+        type Command = ();
+        type Event = Seen;
+        type Error = std::convert::Infallible;
+        fn apply(&mut self, Seen(n): &Seen) {
+            self.total += n;
+            self.seen += 1;
+        }
+        fn handle(&self, (): ()) -> Result<Vec<Seen>, std::convert::Infallible> {
+            Ok(vec![])
+        }
+    }
+    impl sirenia_core::snapshot::Snapshotted for Forgetful {}
+    sirenia_testkit::fixture::check_snapshot_restorability::<Forgetful, _>(
+        proptest::collection::vec(any::<i32>().prop_map(|n| Seen(n.into())), 1..10),
+    );
+}
