@@ -64,3 +64,56 @@ fn a_snapshot_that_loses_state_fails_the_restorability_check() {
         proptest::collection::vec(any::<i32>().prop_map(|n| Seen(n.into())), 1..10),
     );
 }
+
+/// Time travel: loading as of version N, with snapshots every k events, gives exactly the
+/// state of the first N events replayed (property test).
+#[test]
+fn time_travel_equals_replaying_the_first_n_events() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    use sirenia_core::Repository;
+    use sirenia_core::snapshot::{MemorySnapshots, SnapshotPolicy};
+    use sirenia_testkit::snapshots::{AddAmount, Tally, TallyEvent};
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut runner = TestRunner::new_with_rng(
+        Config {
+            cases: 32,
+            ..Config::default()
+        },
+        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+    );
+    let strategy = (
+        proptest::collection::vec(-1000i64..1000, 0..60),
+        1u64..12,
+        any::<prop::sample::Index>(),
+    );
+    runner
+        .run(&strategy, |(amounts, every, index)| {
+            runtime.block_on(async {
+                let store = InMemoryStore::new();
+                let snapshots = std::sync::Arc::new(MemorySnapshots::new());
+                let repo = Repository::<Tally, _>::new(store)
+                    .with_snapshots(snapshots.clone(), SnapshotPolicy::Every(every));
+                for amount in &amounts {
+                    repo.execute("t", AddAmount(*amount)).await.unwrap();
+                }
+                // Background snapshots: give them a moment, whichever have landed are used.
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                let n = index.index(amounts.len() + 1) as u64;
+                let loaded = repo.load_version("t", n).await.unwrap();
+                let mut expected = Tally::default();
+                for amount in &amounts[..usize::try_from(n).unwrap()] {
+                    sirenia_core::Aggregate::apply(&mut expected, &TallyEvent::Added(*amount));
+                }
+                prop_assert_eq!(loaded.version, n);
+                prop_assert_eq!(loaded.state, expected);
+                Ok(())
+            })
+        })
+        .unwrap();
+}
