@@ -372,19 +372,38 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 return Ok(done);
             }
             let loaded = self.load_stream(&stream, None).await?;
-            if let Some(expected) = context.expected_version
+            // A refusal of a command with an id may be a concurrent run of the same command
+            // that landed between the lookup above and the load: look again before answering.
+            let refusal = if let Some(expected) = context.expected_version
                 && loaded.version != expected
             {
-                return Err(CommandError::Conflict {
-                    stream,
+                Some(CommandError::Conflict {
+                    stream: stream.clone(),
                     expected,
                     actual: (loaded.version > 0).then_some(loaded.version),
-                });
-            }
-            let events = loaded
-                .state
-                .handle(command.clone())
-                .map_err(CommandError::Rejected)?;
+                })
+            } else {
+                None
+            };
+            let decided = match refusal {
+                Some(e) => Err(e),
+                None => loaded
+                    .state
+                    .handle(command.clone())
+                    .map_err(CommandError::Rejected),
+            };
+            let events = match decided {
+                Ok(events) => events,
+                Err(e) => {
+                    if let Some(command_id) = context.command_id
+                        && let Some(done) =
+                            self.already_executed(&stream, command_id, attempts).await?
+                    {
+                        return Ok(done);
+                    }
+                    return Err(e);
+                }
+            };
             if events.len() > MAX_EVENTS_PER_COMMAND {
                 return Err(CommandError::TooManyEvents(events.len() as u64));
             }

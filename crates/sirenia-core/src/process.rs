@@ -126,12 +126,16 @@ where
         self.processes
             .codec()
             .decode_with(recorded, |e| events.push(e))?;
-        for event in &events {
+        for (index, event) in events.iter().enumerate() {
             let Some(outcome) = self.reactor.react(&id, &state, event, recorded).await? else {
                 continue;
             };
+            // One id per decoded event: an upcaster may split a stored event in several.
             let context = CommandContext::new()
-                .command_id(step_command_id(recorded, "outcome"))
+                .command_id(step_command_id(
+                    recorded,
+                    &format!("sirenia.outcome.{}.{index}", P::CATEGORY),
+                ))
                 .causation_id(recorded.id.to_string());
             let context = match &recorded.metadata.correlation_id {
                 Some(c) => context.correlation_id(c.clone()),
@@ -190,8 +194,12 @@ where
         let Some((id, command)) = self.starter.correlate(event) else {
             return Ok(());
         };
+        // Distinct per process type and process: several triggers may react to one event.
         let mut context = CommandContext::new()
-            .command_id(step_command_id(event, "trigger"))
+            .command_id(step_command_id(
+                event,
+                &format!("sirenia.trigger.{}.{id}", P::CATEGORY),
+            ))
             .causation_id(event.id.to_string());
         if let Some(c) = &event.metadata.correlation_id {
             context = context.correlation_id(c.clone());
@@ -206,6 +214,9 @@ where
         }
     }
 }
+
+/// How long the deadline keeper waits before firing again after a transient failure.
+pub const DEADLINE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How often the deadline keeper looks at the clock while a deadline is pending.
 pub const DEADLINE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
@@ -269,33 +280,41 @@ where
                         .collect();
                     for (id, at) in due {
                         pending.remove(&id);
-                        self.fire(&id, at).await?;
+                        if !self.fire(&id, at).await? {
+                            // Not done (a transient failure): try again a little later.
+                            let retry =
+                                u64::try_from(DEADLINE_RETRY.as_micros()).unwrap_or(u64::MAX);
+                            let later =
+                                Timestamp::from_micros(now.as_micros().saturating_add(retry));
+                            pending.entry(id).or_insert(later);
+                        }
                     }
                 }
             }
         }
     }
 
-    async fn fire(&self, id: &str, at: Timestamp) -> Result<(), StoreError> {
+    /// Fires the deadline of process `id`; `Ok(false)` when it should be tried again.
+    async fn fire(&self, id: &str, at: Timestamp) -> Result<bool, StoreError> {
         let state = match self.processes.load(id).await {
             Ok(loaded) => loaded.state,
             Err(e) => {
                 tracing::warn!(process = %id, error = %e, "cannot load a process for its deadline");
-                return Ok(());
+                return Ok(false);
             }
         };
         let Some(command) = state.on_deadline() else {
-            return Ok(());
+            return Ok(true);
         };
         let mut name = id.as_bytes().to_vec();
         name.extend_from_slice(&at.as_micros().to_be_bytes());
         let context = CommandContext::new().command_id(Uuid::new_v5(&STEPS, &name));
         match self.processes.execute_with(id, command, &context).await {
-            Ok(_) | Err(CommandError::Rejected(_)) => Ok(()),
+            Ok(_) | Err(CommandError::Rejected(_)) => Ok(true),
             Err(CommandError::Store(e)) => Err(e),
             Err(e) => {
-                tracing::warn!(process = %id, error = %e, "a deadline's command failed");
-                Ok(())
+                tracing::warn!(process = %id, error = %e, "a deadline's command failed; retrying");
+                Ok(false)
             }
         }
     }

@@ -450,13 +450,16 @@ impl<S: EventStore, T: ProjectionTarget> Projector<S, T> {
     /// storage fails.
     pub async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), ProjectionError> {
         let mut shutdown = std::pin::pin!(shutdown);
-        tokio::select! {
+        let result = tokio::select! {
             result = self.run_forever() => result,
             () = &mut shutdown => {
                 self.status.send_modify(|s| s.state = ProjectionState::Stopped);
                 Ok(())
             }
-        }
+        };
+        // A page may have been cut off mid-apply: reload the stored checkpoint next time.
+        self.started = false;
+        result
     }
 
     /// Blue/green: runs this projector — typically a new version of a read model, writing
@@ -483,6 +486,7 @@ impl<S: EventStore, T: ProjectionTarget> Projector<S, T> {
             result = caught_up => result?,
             () = &mut shutdown => {
                 self.status.send_modify(|s| s.state = ProjectionState::Stopped);
+                self.started = false;
                 return Ok(());
             }
         }

@@ -796,3 +796,19 @@ pub fn import_batches(events: impl IntoIterator<Item = RecordedEvent>) -> Vec<Im
     }
     batches
 }
+
+/// How far in the future an imported `recorded_at` may be (clock skew between machines).
+pub const MAX_IMPORT_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Refuses imported timestamps from the future: they would hold every later event's
+/// `recorded_at` back to them (a store keeps `recorded_at` non-decreasing).
+pub fn check_import_timestamps(recorded_at: &[Timestamp]) -> Result<(), StoreError> {
+    let skew = u64::try_from(MAX_IMPORT_CLOCK_SKEW.as_micros()).unwrap_or(u64::MAX);
+    let limit = Timestamp::from_micros(Timestamp::now().as_micros().saturating_add(skew));
+    match recorded_at.iter().find(|t| **t > limit) {
+        Some(t) => Err(StoreError::InvalidOptions {
+            message: format!("an imported event was recorded at {t}, in the future"),
+        }),
+        None => Ok(()),
+    }
+}

@@ -339,6 +339,39 @@ async fn a_concurrent_run_of_the_same_command_id_wins_and_the_other_answers_with
     assert_eq!(stored(&store.inner, "tally-b").await.len(), 1);
 }
 
+/// A concurrent run of the same command lands between this run's command-id check and its
+/// load, and makes this run's decision a refusal: the answer is the rival's outcome, not the
+/// refusal (an idempotent HTTP retry would otherwise store a wrong answer for good).
+#[tokio::test]
+async fn a_refusal_caused_by_a_concurrent_run_of_the_same_command_answers_with_its_outcome() {
+    let store = Contended::new(0);
+    let repo = Repository::<Tally, _>::new(store.clone());
+    repo.execute("c", TallyCommand::Add(9)).await.unwrap();
+    let command_id = Uuid::now_v7();
+    let rival = JsonCodec::<TallyEvent>::new()
+        .to_new_event(
+            &TallyEvent::Taken { amount: 9 },
+            EventId::derived(command_id, 0),
+            Default::default(),
+        )
+        .unwrap();
+    *store.before_read.lock().unwrap() = Some(StreamWrite::new(
+        StreamId::new("tally-c").unwrap(),
+        ExpectedVersion::Exact(1),
+        vec![rival],
+    ));
+    let done = repo
+        .execute_with(
+            "c",
+            TallyCommand::TakeAll,
+            &CommandContext::new().command_id(command_id),
+        )
+        .await
+        .expect("the rival's outcome, not a refusal");
+    assert!(done.repeated);
+    assert_eq!((done.version, done.state.total), (2, 0));
+}
+
 #[tokio::test]
 async fn a_repeated_command_id_returns_the_first_outcome_and_appends_nothing() {
     let repo = Repository::<Tally, _>::new(InMemoryStore::new());
