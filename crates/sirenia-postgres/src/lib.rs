@@ -97,6 +97,8 @@ pub struct PostgresStore {
 
 struct Shared {
     pool: Pool,
+    /// How to open a connection outside the pool (projection targets hold one each).
+    config: tokio_postgres::Config,
     schema: String,
     sql: Sql,
     wake: watch::Receiver<u64>,
@@ -289,6 +291,16 @@ impl PostgresStore {
         self.shared.pool.get().await.map_err(pool_error)
     }
 
+    /// A connection of its own, outside the pool: it closes when the client is dropped, taking
+    /// any session state (an advisory lock, a lock request still waiting) with it.
+    pub(crate) async fn dedicated_client(&self) -> Result<tokio_postgres::Client, StoreError> {
+        let (client, connection) = self.shared.config.connect(NoTls).await.map_err(pg_error)?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
     /// Connects to `url` with default options, creating or migrating the schema.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::connect_with(url, PostgresOptions::default()).await
@@ -323,11 +335,13 @@ impl PostgresStore {
         let (wake_tx, wake) = watch::channel(0u64);
         let wake_tx = Arc::new(wake_tx);
         let announce = Arc::new(tokio::sync::Notify::new());
+        let dedicated = config.clone();
         let listener = tokio::spawn(listen(config.clone(), channel.clone(), wake_tx.clone()));
         let notifier = tokio::spawn(notify(config, channel, announce.clone()));
         Ok(PostgresStore {
             shared: Arc::new(Shared {
                 pool,
+                config: dedicated,
                 sql: Sql::new(&options.schema),
                 schema: options.schema,
                 wake,
@@ -376,9 +390,11 @@ impl PostgresStore {
                 ),
             });
         }
+        sirenia_core::store::check_import_timestamps(&batch.recorded_at)?;
         let mut client = self.client().await?;
         let mut tx = client.transaction().await.map_err(pg_error)?;
-        // Stamped by event id: exact whether the events were just appended or already there.
+        // Stamped by event id, only the rows this transaction inserted (their positions carry
+        // its transaction id): events already stored (a repeated import) keep theirs.
         let ids: Vec<uuid::Uuid> = batch
             .writes
             .iter()
@@ -394,7 +410,9 @@ impl PostgresStore {
         tx.execute(
             &format!(
                 "UPDATE {s}.events SET recorded_at = t.ts
-                 FROM unnest($1::uuid[], $2::timestamptz[]) AS t(id, ts) WHERE event_id = t.id"
+                 FROM unnest($1::uuid[], $2::timestamptz[]) AS t(id, ts)
+                 WHERE event_id = t.id
+                   AND ({s}.events.position >> 20) = pg_current_xact_id()::text::bigint"
             ),
             &[&ids, &stamps],
         )

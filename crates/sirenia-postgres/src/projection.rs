@@ -8,7 +8,6 @@
 //! holds it until it is dropped, when the connection is closed rather than returned to the
 //! pool. If the process dies, PostgreSQL ends the session and releases the lock.
 
-use deadpool_postgres::Object;
 use sirenia_core::projection::{
     ApplyError, Checkpoint, CheckpointStore, EventBatch, FailedEvent, HandlerError,
     ProjectionRequest, ProjectionTarget,
@@ -230,17 +229,10 @@ pub struct PostgresTarget<P> {
     store: PostgresStore,
     sql: Sql,
     handler: P,
-    /// The connection holding the advisory lock; every transaction runs on it.
-    client: Option<Object>,
-}
-
-impl<P> Drop for PostgresTarget<P> {
-    fn drop(&mut self) {
-        // Close the connection instead of pooling it: that releases the advisory lock.
-        if let Some(client) = self.client.take() {
-            drop(Object::take(client));
-        }
-    }
+    /// The connection (outside the pool) holding the advisory lock; every transaction runs on
+    /// it. Dropping it ends the session, which releases the lock, or withdraws the request of
+    /// a standby still waiting for it.
+    client: Option<tokio_postgres::Client>,
 }
 
 impl<P: PostgresProjection> PostgresTarget<P> {
@@ -254,7 +246,7 @@ impl<P: PostgresProjection> PostgresTarget<P> {
         }
     }
 
-    fn client(&mut self) -> Result<&mut Object, StoreError> {
+    fn client(&mut self) -> Result<&mut tokio_postgres::Client, StoreError> {
         self.client.as_mut().ok_or_else(not_started)
     }
 }
@@ -262,7 +254,7 @@ impl<P: PostgresProjection> PostgresTarget<P> {
 impl<P: PostgresProjection> ProjectionTarget for PostgresTarget<P> {
     async fn start(&mut self) -> Result<Checkpoint, StoreError> {
         if self.client.is_none() {
-            let client = self.store.client().await?;
+            let client = self.store.dedicated_client().await?;
             client
                 .execute(&self.sql.lock, &[&self.store.schema(), &self.name])
                 .await
@@ -281,7 +273,7 @@ impl<P: PostgresProjection> ProjectionTarget for PostgresTarget<P> {
                 message: format!("projection {name}: setting up its tables failed"),
                 source: Some(e),
             })?;
-        let checkpoint = load_checkpoint(&*tx, &sql, &name).await?;
+        let checkpoint = load_checkpoint(&tx, &sql, &name).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(checkpoint)
     }
@@ -297,7 +289,7 @@ impl<P: PostgresProjection> ProjectionTarget for PostgresTarget<P> {
                 .await
                 .map_err(|e| handler_error(index, e))?;
         }
-        save_checkpoint(&*tx, &self.sql, &self.name, next).await?;
+        save_checkpoint(&tx, &self.sql, &self.name, next).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(())
     }
@@ -305,19 +297,19 @@ impl<P: PostgresProjection> ProjectionTarget for PostgresTarget<P> {
     async fn park(&mut self, failed: &FailedEvent, next: Position) -> Result<(), StoreError> {
         let (sql, name) = (self.sql.clone(), self.name.clone());
         let tx = self.client()?.transaction().await.map_err(pg_error)?;
-        park_row(&*tx, &sql, &name, failed).await?;
-        save_checkpoint(&*tx, &sql, &name, next).await?;
+        park_row(&tx, &sql, &name, failed).await?;
+        save_checkpoint(&tx, &sql, &name, next).await?;
         tx.commit().await.map_err(pg_error)
     }
 
     async fn fault(&mut self, failed: &FailedEvent) -> Result<(), StoreError> {
         let (sql, name) = (self.sql.clone(), self.name.clone());
-        set_fault(&***self.client()?, &sql, &name, failed).await
+        set_fault(&*self.client()?, &sql, &name, failed).await
     }
 
     async fn parked(&mut self) -> Result<Vec<FailedEvent>, StoreError> {
         let (sql, name) = (self.sql.clone(), self.name.clone());
-        list_parked(&***self.client()?, &sql, &name).await
+        list_parked(&*self.client()?, &sql, &name).await
     }
 
     async fn replay_parked(&mut self, event: RecordedEvent) -> Result<(), ApplyError> {

@@ -390,6 +390,7 @@ impl SqliteStore {
                 ),
             });
         }
+        sirenia_core::store::check_import_timestamps(&batch.recorded_at)?;
         let Some(queue) = &self.shared.writer else {
             return Err(StoreError::WritesDisabled {
                 reason: "the store was opened read-only".to_owned(),

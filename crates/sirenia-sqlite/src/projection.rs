@@ -121,24 +121,38 @@ pub(crate) fn open_connection(path: &Path, synchronous: &str) -> Result<Connecti
     Ok(conn)
 }
 
-fn take_lock(lock_file: &Path) -> Result<File, StoreError> {
+/// One attempt at the lock: `None` while another instance holds it.
+fn try_lock(lock_file: &Path) -> Result<Option<File>, StoreError> {
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(lock_file)
         .map_err(|e| StoreError::backend(format!("cannot open {}", lock_file.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(TryLockError::WouldBlock) => Ok(None),
+        Err(TryLockError::Error(e)) => Err(StoreError::backend(
+            format!("cannot lock {}", lock_file.display()),
+            e,
+        )),
+    }
+}
+
+/// Waits for the lock of a projection (a standby waits here), in a way that can be cancelled.
+async fn take_lock(path: &Path, name: &str) -> Result<File, StoreError> {
+    // One lock per file, however the file is named (symlinks, relative paths).
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let lock_file = lock_path(&canonical, name);
     loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(TryLockError::WouldBlock) => std::thread::sleep(LOCK_POLL_INTERVAL),
-            Err(TryLockError::Error(e)) => {
-                return Err(StoreError::backend(
-                    format!("cannot lock {}", lock_file.display()),
-                    e,
-                ));
-            }
+        let attempt = lock_file.clone();
+        let locked = tokio::task::spawn_blocking(move || try_lock(&attempt))
+            .await
+            .map_err(|e| StoreError::backend("a lock task failed", e))??;
+        if let Some(file) = locked {
+            return Ok(file);
         }
+        tokio::time::sleep(LOCK_POLL_INTERVAL).await;
     }
 }
 
@@ -307,12 +321,16 @@ impl<P: SqliteProjection> ProjectionTarget for SqliteTarget<P> {
                 .with(move |_, inner| load_checkpoint(&inner.conn, &name))
                 .await?;
         }
+        if self.handler.is_none() {
+            return Err(StoreError::Closed);
+        }
+        let (path, name, synchronous) = (self.path.clone(), self.name.clone(), self.synchronous);
+        // Cancelled while waiting (a standby shutting down), nothing is lost.
+        let lock = take_lock(&path, &name).await?;
         let Some(mut handler) = self.handler.take() else {
             return Err(StoreError::Closed);
         };
-        let (path, name, synchronous) = (self.path.clone(), self.name.clone(), self.synchronous);
         let (inner, checkpoint) = tokio::task::spawn_blocking(move || {
-            let lock = take_lock(&lock_path(&path, &name))?;
             let mut conn = open_connection(&path, synchronous)?;
             let tx = immediate(&mut conn)?;
             handler.setup(&tx).map_err(|e| StoreError::Backend {
