@@ -151,11 +151,14 @@ pub fn headers(event: &RecordedEvent) -> HeaderMap {
     headers.insert(EVENT_TYPE, event.event_type.as_str());
     headers.insert(CONTENT_TYPE, event.content_type.as_str());
     headers.insert(RECORDED_AT, event.recorded_at.to_string().as_str());
-    if let Some(c) = &event.metadata.correlation_id {
-        headers.insert(CORRELATION_ID, c.as_str());
+    // Metadata is free text: a value with control characters (say CR LF, which would start a
+    // header of its own) is left out rather than published.
+    let safe = |v: &str| !v.chars().any(char::is_control);
+    if let Some(c) = event.metadata.correlation_id.as_deref().filter(|c| safe(c)) {
+        headers.insert(CORRELATION_ID, c);
     }
-    if let Some(c) = &event.metadata.causation_id {
-        headers.insert(CAUSATION_ID, c.as_str());
+    if let Some(c) = event.metadata.causation_id.as_deref().filter(|c| safe(c)) {
+        headers.insert(CAUSATION_ID, c);
     }
     headers
 }
