@@ -67,9 +67,12 @@ fn unhex(text: &str) -> Result<Vec<u8>, LineError> {
 impl Line {
     pub(crate) fn from_event(event: &RecordedEvent) -> Self {
         let json = event.content_type.starts_with("application/json");
+        // Embedded as stored when that keeps the line one line and the bytes exact; otherwise
+        // (line breaks, surrounding white space) hex.
         let raw = json
             .then(|| std::str::from_utf8(&event.data).ok())
             .flatten()
+            .filter(|text| !text.contains(['\n', '\r']) && text.trim() == *text)
             .and_then(|text| RawValue::from_string(text.to_owned()).ok());
         let data_hex = raw.is_none().then(|| hex(&event.data));
         Line {

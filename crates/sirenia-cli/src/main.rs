@@ -181,6 +181,12 @@ enum CliError {
         line: usize,
         source: line::LineError,
     },
+    #[error("{path}, line {line}: {message}")]
+    Invalid {
+        path: String,
+        line: u64,
+        message: String,
+    },
     #[error("writing the output failed: {0}")]
     Output(std::io::Error),
 }
@@ -565,12 +571,61 @@ fn lines(file: &Path) -> Result<impl Iterator<Item = Result<RecordedEvent, CliEr
 /// Checks a whole export file and counts its events: a bad line stops an import before the
 /// store is even opened.
 fn check_file(file: &Path) -> Result<u64, CliError> {
+    let path = file.display().to_string();
+    let invalid = |line: u64, message: String| CliError::Invalid {
+        path: path.clone(),
+        line,
+        message,
+    };
     let mut count = 0u64;
+    let mut next_revision: std::collections::HashMap<String, u64> = Default::default();
+    let mut ids = std::collections::HashSet::new();
+    let mut chunk = Vec::new();
     for event in lines(file)? {
-        event?;
+        let event = event?;
         count += 1;
+        // Each stream's revisions run on without gaps; ids are unique.
+        let expected = next_revision
+            .entry(event.stream_id.as_str().to_owned())
+            .or_insert(event.revision);
+        if event.revision != *expected {
+            return Err(invalid(
+                count,
+                format!(
+                    "{} jumps from revision {} to {}",
+                    event.stream_id, expected, event.revision
+                ),
+            ));
+        }
+        *expected += 1;
+        if !ids.insert(event.id) {
+            return Err(invalid(
+                count,
+                format!("event id {} appears twice", event.id),
+            ));
+        }
+        chunk.push(event);
+        if chunk.len() >= IMPORT_CHUNK {
+            check_batches(std::mem::take(&mut chunk), count, &invalid)?;
+        }
     }
+    check_batches(chunk, count, &invalid)?;
     Ok(count)
+}
+
+/// The limits every append checks, on the batches an import will append.
+fn check_batches(
+    events: Vec<RecordedEvent>,
+    line: u64,
+    invalid: &dyn Fn(u64, String) -> CliError,
+) -> Result<(), CliError> {
+    for batch in import_batches(events) {
+        sirenia::store::validate_append(&batch.writes)
+            .map_err(|e| invalid(line, format!("in the events up to here: {e}")))?;
+        sirenia::store::check_import_timestamps(&batch.recorded_at)
+            .map_err(|e| invalid(line, format!("in the events up to here: {e}")))?;
+    }
+    Ok(())
 }
 
 async fn import(store: &AnyStore, file: &Path, count: u64) -> Result<(), CliError> {

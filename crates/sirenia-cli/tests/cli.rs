@@ -579,6 +579,51 @@ async fn bad_input_is_refused_clearly(place: Place) {
         let (ok, _, err) = sirenia(&place, &["import", file.to_str().unwrap()]).await;
         assert!(!ok && err.contains("in use"), "{err}");
     }
+    // Refused before anything is written: a revision gap, a repeated id, an empty type.
+    let line = |stream: &str, revision: u64, id: &str, ty: &str| {
+        format!(
+            r#"{{"position":1,"stream":"{stream}","revision":{revision},"id":"{id}","type":"{ty}","schema_version":1,"content_type":"application/json","data":{{}},"recorded_at":"2026-11-23T05:08:06.284734Z"}}"#
+        )
+    };
+    let ids = [
+        "01a206cd-e40c-75ed-bbdc-62d6b86814e1",
+        "01a206cd-e40c-75ed-bbdc-62d6b86814e2",
+    ];
+    for (text, expect) in [
+        (
+            format!(
+                "{}\n{}\n",
+                line("gap-1", 0, ids[0], "X"),
+                line("gap-1", 5, ids[1], "X")
+            ),
+            "jumps from revision 1 to 5",
+        ),
+        (
+            format!(
+                "{}\n{}\n",
+                line("dup-1", 0, ids[0], "X"),
+                line("dup-2", 0, ids[0], "X")
+            ),
+            "appears twice",
+        ),
+        (
+            format!(
+                "{}\n{}\n",
+                line("ty-1", 0, ids[0], "X"),
+                line("ty-1", 1, ids[1], "")
+            ),
+            "event type",
+        ),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let (ok, _, err) = sirenia(&place, &["import", file.to_str().unwrap()]).await;
+        assert!(!ok && err.contains(expect), "{err}");
+        assert_eq!(
+            log(&place.store).await,
+            before,
+            "a refused import wrote something"
+        );
+    }
     let (ok, _, err) = sirenia(&place, &["import", "/nonexistent/file.ndjson"]).await;
     assert!(!ok && err.contains("/nonexistent/file.ndjson"), "{err}");
     let (ok, _, err) = sirenia(&place, &["read", "no-such-stream"]).await;

@@ -201,8 +201,10 @@ impl Aggregate for Account {
             AccountCommand::Deposit { amount } => {
                 self.require_open()?;
                 check_amount(amount)?;
+                // The read model keeps balances as signed 64-bit integers.
                 self.balance
                     .checked_add(amount)
+                    .filter(|b| i64::try_from(*b).is_ok())
                     .ok_or(AccountError::BalanceOverflow)?;
                 Ok(vec![AccountEvent::Deposited { amount }])
             }

@@ -466,6 +466,14 @@ where
     let Some(key) = key else {
         return run(None).await.into_response();
     };
+    // The request is kept as a fingerprint: a short value, however large or deep the body.
+    let request = Value::String(
+        Uuid::new_v5(
+            &Uuid::from_u128(0x1d3c_8f2e_4a6b_4c0d_9e7f_5a3b_2c1d_0e01),
+            &serde_json::to_vec(&request).unwrap_or_default(),
+        )
+        .to_string(),
+    );
     let replay = |stored: Record, replayed: bool| {
         if stored.request != request {
             return ApiError::unprocessable(
@@ -559,6 +567,12 @@ async fn open_account(State(app): State<App>, headers: HeaderMap, body: Body) ->
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
+    // Malformed requests are answered before the idempotency key is looked at: they store
+    // nothing.
+    let owner = match parse::<OpenBody>(&body.bytes) {
+        Ok(b) => b.owner,
+        Err(e) => return e.into_response(),
+    };
     let request = json!({ "method": "POST", "path": "/accounts", "body": &body.value });
     let key = post.idempotency_key.clone();
     let (accounts, post) = (&app.inner.accounts, &post);
@@ -569,7 +583,6 @@ async fn open_account(State(app): State<App>, headers: HeaderMap, body: Body) ->
         request,
         move |command_id| async move {
             let outcome = async {
-            let OpenBody { owner } = parse(&body.bytes)?;
             // With a key, the account id follows from it: a retry opens the same account.
             let id = match command_id {
                 Some(c) => Uuid::new_v5(&c, b"account"),
@@ -637,6 +650,22 @@ async fn account_command(
             Err(e) => return e.into_response(),
         }
     };
+    // Malformed requests (400) are answered before the idempotency key is looked at; rule
+    // violations (422) are answers a key replays.
+    let checked_amount = if command == "close" {
+        None
+    } else {
+        let checked = match parse::<AmountBody>(&body.bytes) {
+            Ok(b) => amount(&b.amount),
+            Err(e) => return e.into_response(),
+        };
+        if let Err(e) = &checked
+            && e.status == StatusCode::BAD_REQUEST
+        {
+            return e.clone().into_response();
+        }
+        Some(checked)
+    };
     let path = format!("/accounts/{id}/{command}");
     let request = json!({
         "method": "POST", "path": path, "body": &body.value, "if_match": post.if_match,
@@ -650,14 +679,10 @@ async fn account_command(
         request,
         move |command_id| async move {
             let outcome = async {
-                let command = match command {
-                    "close" => AccountCommand::Close,
-                    "deposits" => AccountCommand::Deposit {
-                        amount: amount(&parse::<AmountBody>(&body.bytes)?.amount)?,
-                    },
-                    _ => AccountCommand::Withdraw {
-                        amount: amount(&parse::<AmountBody>(&body.bytes)?.amount)?,
-                    },
+                let command = match (command, checked_amount) {
+                    ("deposits", Some(amount)) => AccountCommand::Deposit { amount: amount? },
+                    ("withdrawals", Some(amount)) => AccountCommand::Withdraw { amount: amount? },
+                    _ => AccountCommand::Close,
                 };
                 let executed = accounts
                     .execute_with(&id.to_string(), command, &context(post, command_id))
@@ -755,9 +780,17 @@ async fn get_account(
             loaded
         }
         (None, Some(as_of)) => {
-            let at = Timestamp::parse_rfc3339(&as_of).map_err(|e| {
-                ApiError::bad_request("invalid_query", format!("as_of is not RFC 3339: {e}"))
-            })?;
+            let at = match Timestamp::parse_rfc3339(&as_of) {
+                Ok(at) => at,
+                // Before 1970: before any account was opened.
+                Err(sirenia::InvalidTimestamp::BeforeEpoch) => Timestamp::EPOCH,
+                Err(e) => {
+                    return Err(ApiError::bad_request(
+                        "invalid_query",
+                        format!("as_of is not RFC 3339: {e}"),
+                    ));
+                }
+            };
             accounts
                 .load_as_of(&id, at)
                 .await
@@ -917,6 +950,15 @@ async fn request_transfer(State(app): State<App>, headers: HeaderMap, body: Body
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
+    let parsed = parse::<TransferBody>(&body.bytes).and_then(|t| {
+        let (from, to) = (account_id(&t.from)?, account_id(&t.to)?);
+        Ok((from, to, amount(&t.amount)))
+    });
+    let (from, to, checked_amount) = match parsed {
+        Ok((_, _, Err(e))) if e.status == StatusCode::BAD_REQUEST => return e.into_response(),
+        Ok(parsed) => parsed,
+        Err(e) => return e.into_response(),
+    };
     let request = json!({ "method": "POST", "path": "/transfers", "body": &body.value });
     let key = post.idempotency_key.clone();
     let (transfers, post) = (&app.inner.transfers, &post);
@@ -927,14 +969,7 @@ async fn request_transfer(State(app): State<App>, headers: HeaderMap, body: Body
         request,
         move |command_id| async move {
             let outcome = async {
-                let TransferBody {
-                    from,
-                    to,
-                    amount: raw,
-                } = parse(&body.bytes)?;
-                let from = account_id(&from)?;
-                let to = account_id(&to)?;
-                let amount = amount(&raw)?;
+                let amount = checked_amount?;
                 let id = match command_id {
                     Some(c) => Uuid::new_v5(&c, b"transfer"),
                     None => Uuid::now_v7(),

@@ -390,6 +390,19 @@ impl ReadModel {
                         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
                     )
                     .map_err(|e| StoreError::backend("cannot read the read model", e))?;
+                    conn.busy_timeout(std::time::Duration::from_secs(5))
+                        .map_err(|e| StoreError::backend("cannot read the read model", e))?;
+                    let exists: bool = conn
+                        .query_row(
+                            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                            [table(&version)?],
+                            |r| r.get(0),
+                        )
+                        .map_err(|e| StoreError::backend("cannot read the read model", e))?;
+                    if !exists {
+                        // Not built yet (the projector is starting): nothing to list.
+                        return Ok(Vec::new());
+                    }
                     let mut stmt = conn
                         .prepare(&format!(
                             "SELECT id, owner, balance, status FROM {}
@@ -415,7 +428,7 @@ impl ReadModel {
             }
             AnyStore::Postgres(s) => {
                 let client = s.client().await?;
-                let rows = client
+                let rows = match client
                     .query(
                         &format!(
                             "SELECT id, owner, balance, status FROM {} WHERE id > $1
@@ -425,7 +438,16 @@ impl ReadModel {
                         &[&after, &i64::from(limit)],
                     )
                     .await
-                    .map_err(|e| StoreError::backend("cannot read the read model", e))?;
+                {
+                    Ok(rows) => rows,
+                    // Not built yet (the projector is starting): nothing to list.
+                    Err(e)
+                        if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) =>
+                    {
+                        return Ok(Vec::new());
+                    }
+                    Err(e) => return Err(StoreError::backend("cannot read the read model", e)),
+                };
                 Ok(rows
                     .iter()
                     .map(|r| AccountRow {

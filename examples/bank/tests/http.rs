@@ -722,6 +722,40 @@ async fn idempotent_replays(backend: Backend) {
     .await;
     assert_eq!(r.error(), "balance_not_zero");
 
+    // A malformed request with a key is refused and stores nothing: the corrected request
+    // with the same key then runs. A deeply nested body is no different.
+    let before = server.event_count().await;
+    let fixed_key = [("Idempotency-Key", "typo-1")];
+    let typo = post(addr, &deposits, &json!({ "amonut": 5 }), &fixed_key).await;
+    assert_eq!(typo.status, 400);
+    let deep = format!("{{\"amount\": {}1{}}}", "[".repeat(120), "]".repeat(120));
+    for _ in 0..2 {
+        let r = send(
+            addr,
+            "POST",
+            &deposits,
+            &[
+                ("Content-Type", "application/json"),
+                ("Idempotency-Key", "deep-1"),
+            ],
+            Some(deep.as_bytes()),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(
+        server.event_count().await,
+        before,
+        "a malformed request stored something"
+    );
+    let fixed = post(addr, &deposits, &json!({ "amount": 5 }), &fixed_key).await;
+    assert_eq!(
+        fixed.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&fixed.body)
+    );
+
     for bad in ["", &"k".repeat(201), "tab\there", "naïve"] {
         let r = post(
             addr,
