@@ -4,9 +4,10 @@
 //!
 //! Checkpoints live in `<schema>.projections`, parked events in `<schema>.parked_events`. One
 //! instance of a projection name runs at a time across every process on the database: a target
-//! takes a session advisory lock on its own connection in `start` (a standby waits there) and
-//! holds it until it is dropped, when the connection is closed rather than returned to the
-//! pool. If the process dies, PostgreSQL ends the session and releases the lock.
+//! takes a session advisory lock in `start` (a standby waits there) on a connection of its own,
+//! outside the store's pool, and holds it until it is dropped: closing the connection ends the
+//! session, which releases the lock, or withdraws a standby's request still waiting (so a
+//! cancelled standby leaves nothing behind). If the process dies, PostgreSQL ends the session.
 
 use sirenia_core::projection::{
     ApplyError, Checkpoint, CheckpointStore, EventBatch, FailedEvent, HandlerError,
