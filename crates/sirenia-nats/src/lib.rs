@@ -64,6 +64,9 @@ pub const RECORDED_AT: &str = "Sirenia-Recorded-At";
 pub const CORRELATION_ID: &str = "Sirenia-Correlation-Id";
 /// Header: the causation id, if any.
 pub const CAUSATION_ID: &str = "Sirenia-Causation-Id";
+/// Deliveries of an inbound event whose handler keeps failing, before it is dropped (and
+/// logged as an error).
+pub const MAX_DELIVERIES: i64 = 10;
 /// JetStream's de-duplication header.
 const MSG_ID: &str = "Nats-Msg-Id";
 
@@ -380,12 +383,27 @@ impl Inbound {
             match handler.handle(&event).await {
                 Ok(()) => message.ack().await.map_err(js_error)?,
                 Err(e) => {
-                    tracing::warn!(event_id = %event.event_id, error = %e,
-                        "an inbound event failed; it will be redelivered");
-                    message
-                        .ack_with(jetstream::AckKind::Nak(Some(Duration::from_millis(200))))
-                        .await
-                        .map_err(js_error)?;
+                    let delivered = message.info().map_or(1, |i| i.delivered);
+                    if delivered >= MAX_DELIVERIES {
+                        // A poison message: stop redelivering it, loudly.
+                        tracing::error!(event_id = %event.event_id, error = %e, delivered,
+                            "an inbound event failed on every delivery; it is dropped");
+                        message
+                            .ack_with(jetstream::AckKind::Term)
+                            .await
+                            .map_err(js_error)?;
+                    } else {
+                        tracing::warn!(event_id = %event.event_id, error = %e, delivered,
+                            "an inbound event failed; it will be redelivered");
+                        // Back off: 200 ms, doubling with each delivery, at most 30 s.
+                        let shift = u32::try_from(delivered.clamp(1, 8) - 1).unwrap_or(7);
+                        let delay = (Duration::from_millis(200) * (1u32 << shift))
+                            .min(Duration::from_secs(30));
+                        message
+                            .ack_with(jetstream::AckKind::Nak(Some(delay)))
+                            .await
+                            .map_err(js_error)?;
+                    }
                 }
             }
         }
