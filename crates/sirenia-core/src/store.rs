@@ -812,3 +812,19 @@ pub fn check_import_timestamps(recorded_at: &[Timestamp]) -> Result<(), StoreErr
         None => Ok(()),
     }
 }
+
+/// Checks an import batch before any I/O, as [`validate_append`] does an append, plus one
+/// timestamp per event and none from the future. Returns the number of events.
+pub fn validate_import(batch: &ImportBatch) -> Result<usize, StoreError> {
+    let events = validate_append(&batch.writes)?;
+    if batch.recorded_at.len() != events {
+        return Err(StoreError::InvalidOptions {
+            message: format!(
+                "an import batch of {events} events carries {} timestamps",
+                batch.recorded_at.len()
+            ),
+        });
+    }
+    check_import_timestamps(&batch.recorded_at)?;
+    Ok(events)
+}

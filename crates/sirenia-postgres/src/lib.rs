@@ -381,16 +381,7 @@ impl PostgresStore {
         &self,
         batch: sirenia_core::store::ImportBatch,
     ) -> Result<AppendResult, StoreError> {
-        let events = validate_append(&batch.writes)?;
-        if batch.recorded_at.len() != events {
-            return Err(StoreError::InvalidOptions {
-                message: format!(
-                    "an import batch of {events} events carries {} timestamps",
-                    batch.recorded_at.len()
-                ),
-            });
-        }
-        sirenia_core::store::check_import_timestamps(&batch.recorded_at)?;
+        sirenia_core::store::validate_import(&batch)?;
         let mut client = self.client().await?;
         let mut tx = client.transaction().await.map_err(pg_error)?;
         // Stamped by event id, only the rows this transaction inserted (their positions carry

@@ -381,16 +381,7 @@ impl SqliteStore {
         &self,
         batch: sirenia_core::store::ImportBatch,
     ) -> Result<AppendResult, StoreError> {
-        let events = validate_append(&batch.writes)?;
-        if batch.recorded_at.len() != events {
-            return Err(StoreError::InvalidOptions {
-                message: format!(
-                    "an import batch of {events} events carries {} timestamps",
-                    batch.recorded_at.len()
-                ),
-            });
-        }
-        sirenia_core::store::check_import_timestamps(&batch.recorded_at)?;
+        let events = sirenia_core::store::validate_import(&batch)?;
         let Some(queue) = &self.shared.writer else {
             return Err(StoreError::WritesDisabled {
                 reason: "the store was opened read-only".to_owned(),
