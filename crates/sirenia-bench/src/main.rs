@@ -12,6 +12,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod postgres;
+mod projection_bench;
 mod report;
 mod snapshot_bench;
 mod sqlite;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sirenia_core::projection::{HandlerError, ProjectionOptions, Projector};
+use sirenia_core::projection::HandlerError;
 use sirenia_core::{EventStore, ExpectedVersion, NewEvent, StreamId, StreamWrite, Uuid};
 use sirenia_postgres::{PostgresOptions, PostgresProjection, PostgresStore};
 use tokio_postgres::NoTls;
@@ -406,66 +406,20 @@ impl PostgresProjection for Probe {
     }
 }
 
-fn projection_options() -> ProjectionOptions {
-    ProjectionOptions {
-        batch_size: sirenia_core::limits::MAX_PAGE_SIZE,
-        ..ProjectionOptions::default()
-    }
-}
-
 async fn catch_up(store: &PostgresStore) -> BenchResult<Measurement> {
     let target = store.projection("s8-noop", Probe { latency: None });
-    let mut projector = Projector::new("s8-noop", store.clone(), target, projection_options())?;
-    reset_peak_rss();
-    let start = Instant::now();
-    let mut handled = 0;
-    projector.catch_up(|p| handled = p.handled).await?;
-    Ok(Measurement {
-        events: handled,
-        elapsed: start.elapsed(),
-        latency: None,
-        peak_rss: crate::report::peak_rss(),
-    })
+    crate::projection_bench::catch_up(store.clone(), target).await
 }
 
 async fn live_latency(store: &PostgresStore, duration: Duration) -> BenchResult<Measurement> {
     let latency = Arc::new(std::sync::Mutex::new(histogram()));
-    let probe = Probe {
-        latency: Some(latency.clone()),
-    };
-    let options = ProjectionOptions {
-        filter: sirenia_core::EventFilter::category("live"),
-        ..projection_options()
-    };
-    let target = store.projection("s8-live", probe);
-    let mut projector = Projector::new("s8-live", store.clone(), target, options)?;
-    projector.catch_up(|_| {}).await?;
-    let mut status = projector.status();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let runner = tokio::spawn(async move {
-        projector
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
-    reset_peak_rss();
-    let start = Instant::now();
-    let events = crate::report::live_writers(store.clone(), 4, duration).await?;
-    let head = store.head_position().await?;
-    sirenia_core::projection::wait_for(&mut status, head, Duration::from_secs(60)).await?;
-    let _ = stop.send(());
-    runner.await??;
-    let latency = latency
-        .lock()
-        .map_err(|_| "latency histogram poisoned")?
-        .clone();
-    Ok(Measurement {
-        events,
-        elapsed: start.elapsed(),
-        latency: Some(latency),
-        peak_rss: crate::report::peak_rss(),
-    })
+    let target = store.projection(
+        "s8-live",
+        Probe {
+            latency: Some(latency.clone()),
+        },
+    );
+    crate::projection_bench::live_latency(store.clone(), target, latency, duration).await
 }
 
 /// The log read page after page, as a projection reads it, without applying anything.
