@@ -10,6 +10,8 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
@@ -42,7 +44,20 @@ pub struct SqliteTarget<P> {
     path: PathBuf,
     synchronous: &'static str,
     handler: Option<P>,
-    inner: Option<Box<Inner<P>>>,
+    /// The connection and handler once started. Blocking work takes them out and puts them
+    /// back itself, so a caller that stops waiting (a cancelled run) loses nothing.
+    inner: Arc<Mutex<Option<Box<Inner<P>>>>>,
+    /// Set while blocking work holds `inner` (cleared when it puts it back, or panics).
+    busy: Arc<AtomicBool>,
+}
+
+/// Clears a busy flag when dropped, also when the work panics.
+struct Busy(Arc<AtomicBool>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 struct Inner<P> {
@@ -58,7 +73,8 @@ impl<P: SqliteProjection> SqliteTarget<P> {
             path: path.to_owned(),
             synchronous,
             handler: Some(handler),
-            inner: None,
+            inner: Arc::new(Mutex::new(None)),
+            busy: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -68,20 +84,46 @@ impl<P: SqliteProjection> SqliteTarget<P> {
         R: Send + 'static,
         F: FnOnce(&str, &mut Inner<P>) -> R + Send + 'static,
     {
-        let mut inner = self.inner.take().ok_or_else(|| StoreError::Backend {
+        let taken = take_inner(self.inner.clone(), self.busy.clone()).await?;
+        let mut inner = taken.ok_or_else(|| StoreError::Backend {
             message: "the projection target was not started, or a handler panicked".to_owned(),
             source: None,
         })?;
-        let name = self.name.clone();
-        let (inner, result) = tokio::task::spawn_blocking(move || {
+        let (slot, name) = (self.inner.clone(), self.name.clone());
+        self.busy.store(true, Ordering::SeqCst);
+        let busy = Busy(self.busy.clone());
+        tokio::task::spawn_blocking(move || {
+            let _busy = busy;
             let result = f(&name, &mut inner);
-            (inner, result)
+            *lock(&slot) = Some(inner);
+            result
         })
         .await
-        .map_err(|e| StoreError::backend("a projection handler panicked", e))?;
-        self.inner = Some(inner);
-        Ok(result)
+        .map_err(|e| StoreError::backend("a projection handler panicked", e))
     }
+}
+
+/// Takes the started connection and handler from `slot`, first waiting for blocking work a
+/// cancelled caller left running to put them back. `None` if not started (or lost to a panic).
+async fn take_inner<T>(
+    slot: Arc<Mutex<Option<T>>>,
+    busy: Arc<AtomicBool>,
+) -> Result<Option<T>, StoreError> {
+    loop {
+        if let Some(inner) = lock(&slot).take() {
+            return Ok(Some(inner));
+        }
+        if !busy.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// `<file>-projection-<name>.lock`, with the name made safe for a file name (and a hash, so
@@ -315,7 +357,8 @@ fn reset_rows(tx: &Transaction<'_>, name: &str) -> Result<(), StoreError> {
 
 impl<P: SqliteProjection> ProjectionTarget for SqliteTarget<P> {
     async fn start(&mut self) -> Result<Checkpoint, StoreError> {
-        if self.inner.is_some() {
+        if let Some(inner) = take_inner(self.inner.clone(), self.busy.clone()).await? {
+            *lock(&self.inner) = Some(inner);
             let name = self.name.clone();
             return self
                 .with(move |_, inner| load_checkpoint(&inner.conn, &name))
@@ -326,11 +369,12 @@ impl<P: SqliteProjection> ProjectionTarget for SqliteTarget<P> {
         }
         let (path, name, synchronous) = (self.path.clone(), self.name.clone(), self.synchronous);
         // Cancelled while waiting (a standby shutting down), nothing is lost.
-        let lock = take_lock(&path, &name).await?;
+        let file_lock = take_lock(&path, &name).await?;
         let Some(mut handler) = self.handler.take() else {
             return Err(StoreError::Closed);
         };
-        let (inner, checkpoint) = tokio::task::spawn_blocking(move || {
+        let slot = self.inner.clone();
+        let checkpoint = tokio::task::spawn_blocking(move || {
             let mut conn = open_connection(&path, synchronous)?;
             let tx = immediate(&mut conn)?;
             handler.setup(&tx).map_err(|e| StoreError::Backend {
@@ -339,18 +383,15 @@ impl<P: SqliteProjection> ProjectionTarget for SqliteTarget<P> {
             })?;
             tx.commit().map_err(sqlite_error)?;
             let checkpoint = load_checkpoint(&conn, &name)?;
-            Ok::<_, StoreError>((
-                Box::new(Inner {
-                    conn,
-                    handler,
-                    _lock: lock,
-                }),
-                checkpoint,
-            ))
+            *lock(&slot) = Some(Box::new(Inner {
+                conn,
+                handler,
+                _lock: file_lock,
+            }));
+            Ok::<_, StoreError>(checkpoint)
         })
         .await
         .map_err(|e| StoreError::backend("a projection's setup panicked", e))??;
-        self.inner = Some(inner);
         Ok(checkpoint)
     }
 

@@ -53,7 +53,7 @@ fn main() {
     if let Ok(path) = std::env::var(PROJECTOR) {
         return projector_child(Path::new(&path));
     }
-    let tests: [(&str, fn()); 7] = [
+    let tests: [(&str, fn()); 8] = [
         (
             "read_model_equals_the_fold_under_concurrent_writers",
             completeness,
@@ -62,6 +62,7 @@ fn main() {
         ("poison_event_faults_then_resumes", poison_stop),
         ("rebuild_empties_and_replays", rebuild),
         ("blue_green_switches_once_caught_up", blue_green),
+        ("a_run_stopped_mid_page_can_run_again", stopped_mid_page),
         ("exactly_once_under_sigkill", sigkill_rounds),
         ("a_standby_process_takes_over", failover),
     ];
@@ -477,6 +478,51 @@ fn blue_green() {
     }
     v1.abort();
     v2.abort();
+}
+
+/// Slow to apply, so a shutdown lands while a page is being applied.
+struct Slow(Sums);
+
+impl SqliteProjection for Slow {
+    fn setup(&mut self, tx: &Transaction<'_>) -> Result<(), HandlerError> {
+        self.0.setup(tx)
+    }
+    fn apply(&mut self, tx: &Transaction<'_>, event: &RecordedEvent) -> Result<(), HandlerError> {
+        std::thread::sleep(Duration::from_millis(2));
+        self.0.apply(tx, event)
+    }
+    fn reset(&mut self, tx: &Transaction<'_>) -> Result<(), HandlerError> {
+        self.0.reset(tx)
+    }
+}
+
+/// A run stopped while a page is being applied leaves the projector usable: running it again
+/// resumes from the stored checkpoint and the read model is exact.
+fn stopped_mid_page() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        for i in 0..100 {
+            append(&store, &format!("acct-{}", i % 4), vec![amount(i)]).await;
+        }
+        let target = store.projection(NAME, Slow(Sums::default()));
+        let mut projector =
+            Projector::new(NAME, store.clone(), target, quick(OnFailure::Stop)).unwrap();
+        projector
+            .run(tokio::time::sleep(Duration::from_millis(30)))
+            .await
+            .unwrap();
+        assert!(
+            checkpoint(&path) < 101,
+            "the first run finished before it was stopped"
+        );
+        projector.catch_up(|_| {}).await.unwrap();
+        assert_eq!(
+            read_model(&path),
+            fold(&store, &EventFilter::category("acct")).await
+        );
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
