@@ -12,7 +12,7 @@ use crate::snapshot::{Snapshot, SnapshotCodec, SnapshotPolicy, SnapshotStore, Sn
 /// Snapshots ignored since the process started (another schema version, or undecodable).
 pub static SNAPSHOTS_IGNORED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 use crate::limits::{DEFAULT_COMMAND_RETRIES, MAX_COMMAND_RETRIES, MAX_EVENTS_PER_COMMAND};
-use crate::store::{EventStore, ReadStream, StreamWrite};
+use crate::store::{Direction, EventStore, ReadStream, StreamWrite};
 
 /// An event-sourced aggregate: a state rebuilt by [`apply`](Aggregate::apply)ing its events, and a
 /// pure decision ([`handle`](Aggregate::handle)) that turns a command into new events or a
@@ -240,11 +240,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             version: 0,
             last_position: None,
         };
-        // Time travel by timestamp replays: a snapshot does not say when its events were
-        // recorded.
-        if at.is_none()
-            && let Some(from_snapshot) = self.load_snapshot(stream, upto).await
-        {
+        if let Some(from_snapshot) = self.load_snapshot(stream, upto, at).await {
             loaded = from_snapshot;
         }
         let mut options = ReadStream::forward().from(loaded.version);
@@ -269,9 +265,18 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     }
 
     /// The state in the latest usable snapshot at or below `upto`, if snapshots are on.
-    async fn load_snapshot(&self, stream: &StreamId, upto: Option<u64>) -> Option<Loaded<A>> {
+    async fn load_snapshot(
+        &self,
+        stream: &StreamId,
+        upto: Option<u64>,
+        at: Option<Timestamp>,
+    ) -> Option<Loaded<A>> {
         let snapshots = self.snapshots.as_ref()?;
-        let found = match snapshots.store.load(stream, upto.unwrap_or(u64::MAX)).await {
+        let found = match at {
+            Some(at) => snapshots.store.load_at(stream, at).await,
+            None => snapshots.store.load(stream, upto.unwrap_or(u64::MAX)).await,
+        };
+        let found = match found {
             Ok(found) => found?,
             Err(e) => {
                 tracing::warn!(%stream, error = %e, "snapshot unavailable; replaying events");
@@ -309,15 +314,26 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             tracing::warn!(%stream, "the state did not encode; no snapshot");
             return;
         };
-        let snapshot = Snapshot {
+        let mut snapshot = Snapshot {
             stream: stream.clone(),
             version,
             schema_version: snapshots.schema_version,
             data,
             taken_at: Timestamp::now(),
+            recorded_at: Timestamp::EPOCH,
         };
         let store = snapshots.store.clone();
+        let events = self.store.clone();
         let save = async move {
+            // When the last included event was recorded, for time travel by timestamp.
+            if let Ok(page) = events
+                .read_stream_page(&snapshot.stream, version - 1, Direction::Forward, 1)
+                .await
+                && let Some(last) = page.first()
+                && last.revision == version - 1
+            {
+                snapshot.recorded_at = last.recorded_at;
+            }
             if let Err(e) = store.save(snapshot).await {
                 tracing::warn!(error = %e, "saving a snapshot failed");
             }

@@ -41,6 +41,9 @@ pub struct Snapshot {
     pub data: Bytes,
     /// When it was taken.
     pub taken_at: Timestamp,
+    /// When the last event it includes was recorded (the epoch if unknown): what time travel
+    /// by timestamp compares.
+    pub recorded_at: Timestamp,
 }
 
 /// A boxed future, so snapshot stores can be used behind `dyn`.
@@ -56,6 +59,14 @@ pub trait SnapshotStore: Send + Sync + 'static {
         &'a self,
         stream: &'a StreamId,
         version: u64,
+    ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>>;
+
+    /// The snapshot of `stream` with the highest version whose last event was recorded at or
+    /// before `at` (snapshots whose `recorded_at` is unknown are not considered).
+    fn load_at<'a>(
+        &'a self,
+        stream: &'a StreamId,
+        at: Timestamp,
     ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>>;
 }
 
@@ -114,6 +125,23 @@ impl SnapshotStore for MemorySnapshots {
             .range((stream.clone(), 0)..=(stream.clone(), version))
             .next_back()
             .map(|(_, s)| s.clone());
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn load_at<'a>(
+        &'a self,
+        stream: &'a StreamId,
+        at: Timestamp,
+    ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>> {
+        let found = self
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .range((stream.clone(), 0)..=(stream.clone(), u64::MAX))
+            .rev()
+            .map(|(_, s)| s)
+            .find(|s| s.recorded_at > Timestamp::EPOCH && s.recorded_at <= at)
+            .cloned();
         Box::pin(async move { Ok(found) })
     }
 }

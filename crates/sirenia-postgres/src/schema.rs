@@ -137,6 +137,7 @@ CREATE TABLE {s}.snapshots (
     schema_version integer NOT NULL,
     data           bytea NOT NULL,
     taken_at       bigint NOT NULL,
+    recorded_at    bigint NOT NULL,
     PRIMARY KEY (stream_id, version)
 );
 "#,

@@ -11,6 +11,7 @@ pub struct PostgresSnapshots {
     store: PostgresStore,
     save: String,
     load: String,
+    load_at: String,
 }
 
 impl PostgresSnapshots {
@@ -19,15 +20,21 @@ impl PostgresSnapshots {
         PostgresSnapshots {
             store: store.clone(),
             save: format!(
-                "INSERT INTO {s}.snapshots (stream_id, version, schema_version, data, taken_at)
-                 VALUES ($1, $2, $3, $4, $5)
+                "INSERT INTO {s}.snapshots
+                   (stream_id, version, schema_version, data, taken_at, recorded_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (stream_id, version) DO UPDATE SET
                    schema_version = excluded.schema_version, data = excluded.data,
-                   taken_at = excluded.taken_at"
+                   taken_at = excluded.taken_at, recorded_at = excluded.recorded_at"
             ),
             load: format!(
-                "SELECT version, schema_version, data, taken_at FROM {s}.snapshots
+                "SELECT version, schema_version, data, taken_at, recorded_at FROM {s}.snapshots
                  WHERE stream_id = $1 AND version <= $2 ORDER BY version DESC LIMIT 1"
+            ),
+            load_at: format!(
+                "SELECT version, schema_version, data, taken_at, recorded_at FROM {s}.snapshots
+                 WHERE stream_id = $1 AND recorded_at > 0 AND recorded_at <= $2
+                 ORDER BY version DESC LIMIT 1"
             ),
         }
     }
@@ -47,6 +54,7 @@ impl SnapshotStore for PostgresSnapshots {
                         &i32::from(snapshot.schema_version),
                         &snapshot.data.as_ref(),
                         &to_i64(snapshot.taken_at.as_micros()),
+                        &to_i64(snapshot.recorded_at.as_micros()),
                     ],
                 )
                 .await
@@ -60,27 +68,45 @@ impl SnapshotStore for PostgresSnapshots {
         stream: &'a StreamId,
         version: u64,
     ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>> {
-        Box::pin(async move {
-            let client = self.store.client().await?;
-            let statement = client.prepare_cached(&self.load).await.map_err(pg_error)?;
-            let row = client
-                .query_opt(&statement, &[&stream.as_str(), &to_i64(version)])
-                .await
-                .map_err(pg_error)?;
-            Ok(row.map(|r| {
-                let version: i64 = r.get(0);
-                let schema_version: i32 = r.get(1);
-                let data: Vec<u8> = r.get(2);
-                let taken_at: i64 = r.get(3);
-                Snapshot {
-                    stream: stream.clone(),
-                    version: u64::try_from(version).unwrap_or(0),
-                    // A schema version beyond u16 is one this build cannot read: it is ignored.
-                    schema_version: u16::try_from(schema_version).unwrap_or(u16::MAX),
-                    data: data.into(),
-                    taken_at: Timestamp::from_micros(u64::try_from(taken_at).unwrap_or(0)),
-                }
-            }))
-        })
+        Box::pin(self.query_one(&self.load, stream, to_i64(version)))
+    }
+
+    fn load_at<'a>(
+        &'a self,
+        stream: &'a StreamId,
+        at: Timestamp,
+    ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>> {
+        Box::pin(self.query_one(&self.load_at, stream, to_i64(at.as_micros())))
+    }
+}
+
+impl PostgresSnapshots {
+    /// The snapshot `sql` (bound to `stream` and `bound`) selects, if any.
+    async fn query_one(
+        &self,
+        sql: &str,
+        stream: &StreamId,
+        bound: i64,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        let client = self.store.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
+        let row = client
+            .query_opt(&statement, &[&stream.as_str(), &bound])
+            .await
+            .map_err(pg_error)?;
+        let micros = |v: i64| Timestamp::from_micros(u64::try_from(v).unwrap_or(0));
+        Ok(row.map(|r| {
+            let version: i64 = r.get(0);
+            let schema_version: i32 = r.get(1);
+            Snapshot {
+                stream: stream.clone(),
+                version: u64::try_from(version).unwrap_or(0),
+                // A schema version beyond u16 is one this build cannot read: it is ignored.
+                schema_version: u16::try_from(schema_version).unwrap_or(u16::MAX),
+                data: r.get::<_, Vec<u8>>(2).into(),
+                taken_at: micros(r.get(3)),
+                recorded_at: micros(r.get(4)),
+            }
+        }))
     }
 }

@@ -65,6 +65,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         schema_version INTEGER NOT NULL,
         data           BLOB    NOT NULL,
         taken_at       INTEGER NOT NULL,
+        recorded_at    INTEGER NOT NULL,
         PRIMARY KEY (stream_id, version)
      ) STRICT;",
 ];

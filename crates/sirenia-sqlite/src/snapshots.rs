@@ -67,8 +67,8 @@ impl SnapshotStore for SqliteSnapshots {
         Box::pin(self.with(move |conn| {
             conn.prepare_cached(
                 "INSERT OR REPLACE INTO snapshots
-                   (stream_id, version, schema_version, data, taken_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                   (stream_id, version, schema_version, data, taken_at, recorded_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -77,6 +77,7 @@ impl SnapshotStore for SqliteSnapshots {
                     snapshot.schema_version,
                     snapshot.data.as_ref(),
                     to_i64(snapshot.taken_at.as_micros()),
+                    to_i64(snapshot.recorded_at.as_micros()),
                 ])
             })
             .map(|_| ())
@@ -91,27 +92,61 @@ impl SnapshotStore for SqliteSnapshots {
     ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>> {
         let stream = stream.clone();
         Box::pin(self.with(move |conn| {
-            let row: Option<(i64, u16, Vec<u8>, i64)> = conn
-                .prepare_cached(
-                    "SELECT version, schema_version, data, taken_at FROM snapshots
-                     WHERE stream_id = ?1 AND version <= ?2 ORDER BY version DESC LIMIT 1",
-                )
-                .and_then(|mut s| {
-                    s.query_row(params![stream.as_str(), to_i64(version)], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                    })
-                    .optional()
-                })
-                .map_err(sqlite_error)?;
-            Ok(
-                row.map(|(version, schema_version, data, taken_at)| Snapshot {
-                    stream,
-                    version: u64::try_from(version).unwrap_or(0),
-                    schema_version,
-                    data: data.into(),
-                    taken_at: Timestamp::from_micros(u64::try_from(taken_at).unwrap_or(0)),
-                }),
+            query_one(
+                conn,
+                "SELECT version, schema_version, data, taken_at, recorded_at FROM snapshots
+                 WHERE stream_id = ?1 AND version <= ?2 ORDER BY version DESC LIMIT 1",
+                stream,
+                to_i64(version),
             )
         }))
     }
+
+    fn load_at<'a>(
+        &'a self,
+        stream: &'a StreamId,
+        at: Timestamp,
+    ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>> {
+        let stream = stream.clone();
+        Box::pin(self.with(move |conn| {
+            query_one(
+                conn,
+                "SELECT version, schema_version, data, taken_at, recorded_at FROM snapshots
+                 WHERE stream_id = ?1 AND recorded_at > 0 AND recorded_at <= ?2
+                 ORDER BY version DESC LIMIT 1",
+                stream,
+                to_i64(at.as_micros()),
+            )
+        }))
+    }
+}
+
+/// The snapshot `sql` (bound to `stream` and `bound`) selects, if any.
+fn query_one(
+    conn: &Connection,
+    sql: &str,
+    stream: StreamId,
+    bound: i64,
+) -> Result<Option<Snapshot>, StoreError> {
+    type Row = (i64, u16, Vec<u8>, i64, i64);
+    let row: Option<Row> = conn
+        .prepare_cached(sql)
+        .and_then(|mut s| {
+            s.query_row(params![stream.as_str(), bound], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .optional()
+        })
+        .map_err(sqlite_error)?;
+    let micros = |v: i64| Timestamp::from_micros(u64::try_from(v).unwrap_or(0));
+    Ok(row.map(
+        |(version, schema_version, data, taken_at, recorded_at)| Snapshot {
+            stream,
+            version: u64::try_from(version).unwrap_or(0),
+            schema_version,
+            data: data.into(),
+            taken_at: micros(taken_at),
+            recorded_at: micros(recorded_at),
+        },
+    ))
 }

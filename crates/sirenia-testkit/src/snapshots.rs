@@ -16,6 +16,7 @@ fn snapshot(stream: &str, version: u64, data: &str) -> Snapshot {
         schema_version: 1,
         data: Bytes::from(data.to_owned()),
         taken_at: Timestamp::from_micros(1_700_000_000_000_000 + version),
+        recorded_at: Timestamp::from_micros(1_600_000_000_000_000 + version),
     }
 }
 
@@ -54,6 +55,30 @@ pub async fn snapshot_store_cases(store: &dyn SnapshotStore) {
     assert_eq!(loaded.data, Bytes::from("again"));
     let b = StreamId::new("snap-b").expect("valid");
     assert_eq!(store.load(&b, 14).await.expect("load"), None);
+    // By time: the latest whose last event was recorded at or before the instant.
+    let at = |micros: u64| {
+        let a = a.clone();
+        async move {
+            store
+                .load_at(&a, Timestamp::from_micros(micros))
+                .await
+                .expect("load")
+                .map(|s| s.version)
+        }
+    };
+    assert_eq!(at(1_600_000_000_000_009).await, None);
+    assert_eq!(at(1_600_000_000_000_010).await, Some(10));
+    assert_eq!(at(1_600_000_000_000_019).await, Some(10));
+    assert_eq!(at(1_600_000_000_000_099).await, Some(20));
+    // A snapshot whose time is unknown is not used by time.
+    let mut unknown = snapshot("snap-c", 5, "five");
+    unknown.recorded_at = Timestamp::EPOCH;
+    store.save(unknown).await.expect("save");
+    let c = StreamId::new("snap-c").expect("valid");
+    assert_eq!(
+        store.load_at(&c, Timestamp::now()).await.expect("load"),
+        None
+    );
 }
 
 /// A counter with a history, for the repository cases.
@@ -137,6 +162,31 @@ pub async fn snapshot_repository_cases<S: EventStore>(store: S, snapshots: Arc<d
             (a.state, a.version),
             (b.state, b.version),
             "as of version {version}"
+        );
+    }
+    // As of the instant each event was recorded, with snapshots, equals without.
+    let events: Vec<sirenia_core::RecordedEvent> = {
+        use futures_util::TryStreamExt;
+        store
+            .read_stream(&stream, sirenia_core::ReadStream::forward())
+            .try_collect()
+            .await
+            .expect("read")
+    };
+    for event in events.iter().step_by(7).chain(events.last()) {
+        let a = snapped
+            .load_as_of("t1", event.recorded_at)
+            .await
+            .expect("load");
+        let b = plain
+            .load_as_of("t1", event.recorded_at)
+            .await
+            .expect("load");
+        assert_eq!(
+            (a.state, a.version),
+            (b.state, b.version),
+            "as of {}",
+            event.recorded_at
         );
     }
     // A corrupt snapshot (the latest) is ignored: loads replay, commands succeed.
