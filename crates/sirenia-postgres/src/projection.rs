@@ -330,17 +330,7 @@ impl<P: PostgresProjection> ProjectionTarget for PostgresTarget<P> {
     }
 
     async fn pending_request(&mut self) -> Result<Option<ProjectionRequest>, StoreError> {
-        let s = quote(self.store.schema());
-        let name = self.name.clone();
-        let row = self
-            .client()?
-            .query_opt(
-                &format!("SELECT kind FROM {s}.projection_requests WHERE name = $1"),
-                &[&name],
-            )
-            .await
-            .map_err(pg_error)?;
-        Ok(row.and_then(|r| ProjectionRequest::parse(r.get::<_, &str>(0))))
+        self.store.pending_request(&self.name).await
     }
 
     async fn finish_request(&mut self, request: ProjectionRequest) -> Result<(), StoreError> {

@@ -448,15 +448,8 @@ impl<P: SqliteProjection> ProjectionTarget for SqliteTarget<P> {
     }
 
     async fn pending_request(&mut self) -> Result<Option<ProjectionRequest>, StoreError> {
-        self.with(|name, inner| {
-            let kind: Option<String> = inner
-                .conn
-                .prepare_cached("SELECT kind FROM projection_requests WHERE name = ?1")
-                .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
-                .map_err(sqlite_error)?;
-            Ok(kind.as_deref().and_then(ProjectionRequest::parse))
-        })
-        .await?
+        self.with(|name, inner| read_request(&inner.conn, name))
+            .await?
     }
 
     async fn finish_request(&mut self, request: ProjectionRequest) -> Result<(), StoreError> {
@@ -687,13 +680,14 @@ pub(crate) fn pending_request(
 ) -> Result<Option<ProjectionRequest>, StoreError> {
     let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(sqlite_error)?;
+    read_request(&conn, name)
+}
+
+/// The request for `name` not yet served, read on `conn`.
+fn read_request(conn: &Connection, name: &str) -> Result<Option<ProjectionRequest>, StoreError> {
     let kind: Option<String> = conn
-        .query_row(
-            "SELECT kind FROM projection_requests WHERE name = ?1",
-            [name],
-            |r| r.get(0),
-        )
-        .optional()
+        .prepare_cached("SELECT kind FROM projection_requests WHERE name = ?1")
+        .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
         .map_err(sqlite_error)?;
     Ok(kind.as_deref().and_then(ProjectionRequest::parse))
 }
