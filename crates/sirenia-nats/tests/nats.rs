@@ -3,11 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sirenia_core::projection::{
     Checkpoint, CheckpointStore, FailedEvent, FailurePolicy, HandlerError, OnFailure,
@@ -49,38 +50,6 @@ async fn append(store: &SqliteStore, stream: &str, n: usize) {
         )])
         .await
         .unwrap();
-}
-
-/// Every message of `stream`, in order.
-async fn all_messages(
-    js: &async_nats::jetstream::Context,
-    stream: &str,
-) -> Vec<async_nats::jetstream::Message> {
-    let stream = js.get_stream(stream).await.unwrap();
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::Config {
-            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    loop {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(500)
-            .expires(Duration::from_millis(500))
-            .messages()
-            .await
-            .unwrap();
-        let before = out.len();
-        while let Some(m) = batch.next().await {
-            out.push(m.unwrap());
-        }
-        if out.len() == before {
-            return out;
-        }
-    }
 }
 
 /// Checkpoints whose every other save fails: the relay has published a page but cannot record
@@ -177,7 +146,7 @@ async fn the_relay_publishes_every_event_once_across_restarts() {
     let mut relay = Projector::new("outbox", store.clone(), outbox, projection).unwrap();
     relay.catch_up(|_| {}).await.unwrap();
 
-    let messages = all_messages(&js, &options.stream).await;
+    let messages = common::all_messages(&js, &options.stream).await;
     let ids: BTreeSet<String> = messages
         .iter()
         .map(|m| {

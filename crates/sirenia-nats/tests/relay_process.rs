@@ -12,13 +12,14 @@
     clippy::print_stdout
 )]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sirenia_core::projection::{ProjectionOptions, Projector};
@@ -157,35 +158,7 @@ fn relay_killed_mid_stream() {
     assert_eq!(line.trim(), "done");
     last.wait().unwrap();
 
-    let messages = runtime.block_on(async {
-        let consumer = js
-            .get_stream(&stream)
-            .await
-            .unwrap()
-            .create_consumer(async_nats::jetstream::consumer::pull::Config {
-                ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let mut out = Vec::new();
-        loop {
-            let mut batch = consumer
-                .fetch()
-                .max_messages(500)
-                .expires(Duration::from_millis(500))
-                .messages()
-                .await
-                .unwrap();
-            let before = out.len();
-            while let Some(m) = batch.next().await {
-                out.push(m.unwrap());
-            }
-            if out.len() == before {
-                return out;
-            }
-        }
-    });
+    let messages = runtime.block_on(common::all_messages(&js, &stream));
     let header = |m: &async_nats::jetstream::Message, name: &str| {
         m.headers
             .as_ref()
