@@ -240,20 +240,48 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             version: 0,
             last_position: None,
         };
-        if let Some(from_snapshot) = self.load_snapshot(stream, upto, at).await {
+        let snapshot = self.load_snapshot(stream, upto, at).await;
+        let from_snapshot = snapshot.is_some();
+        if let Some(from_snapshot) = snapshot {
             loaded = from_snapshot;
         }
-        let mut options = ReadStream::forward().from(loaded.version);
-        if let Some(limit) = upto {
-            if limit <= loaded.version {
-                return Ok(loaded);
-            }
-            options = options.limit(limit - loaded.version);
+        if upto.is_some_and(|upto| upto <= loaded.version) {
+            return Ok(loaded);
+        }
+        // From a snapshot, read from its own last event too: finding it shows the snapshot is
+        // still part of the stream (not of a life before a soft delete, not truncated away).
+        let overlap = u64::from(from_snapshot);
+        let first = loaded.version - overlap;
+        let mut options = ReadStream::forward().from(first);
+        if let Some(upto) = upto {
+            options = options.limit(upto - first);
         }
         let mut events = self.store.read_stream(stream, options);
+        let mut read_any = false;
         while let Some(recorded) = events.next().await {
             let recorded = recorded?;
-            if at.is_some_and(|at| recorded.recorded_at > at) {
+            if !read_any {
+                read_any = true;
+                if recorded.revision != first {
+                    // Revisions between the state and the first event read are hidden.
+                    loaded = self
+                        .rebase(stream, loaded, from_snapshot, Some(recorded.revision))
+                        .await?;
+                    if upto.is_some_and(|upto| loaded.version > upto) {
+                        // The version asked for is of a life before a soft delete: hidden.
+                        return Err(StoreError::StreamTruncated {
+                            stream: stream.clone(),
+                            readable_from: loaded.version,
+                        }
+                        .into());
+                    }
+                } else if from_snapshot {
+                    continue; // the snapshot's last event, already in its state
+                }
+            }
+            if at.is_some_and(|at| recorded.recorded_at > at)
+                || upto.is_some_and(|upto| recorded.revision >= upto)
+            {
                 break;
             }
             self.codec
@@ -261,7 +289,72 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             loaded.version = recorded.revision + 1;
             loaded.last_position = Some(recorded.position);
         }
+        if !read_any && from_snapshot {
+            // Not even the snapshot's last event is readable any more.
+            loaded = self.rebase(stream, loaded, true, None).await?;
+        }
         Ok(loaded)
+    }
+
+    /// The state to go on from when the events read do not start where `loaded` ends
+    /// (`first_read`: the first revision read, `None` if nothing was): `loaded` itself if it is
+    /// of the stream's current life and nothing after it is hidden; a fresh state if the stream
+    /// was soft-deleted since (and recreated from `first_read`, or still hidden); else
+    /// [`StoreError::StreamTruncated`], since the hidden events are part of the state and no
+    /// snapshot covers them.
+    async fn rebase(
+        &self,
+        stream: &StreamId,
+        loaded: Loaded<A>,
+        from_snapshot: bool,
+        first_read: Option<u64>,
+    ) -> Result<Loaded<A>, LoadError> {
+        let info = self.store.stream_info(stream).await?.unwrap_or_default();
+        if info.visible_version().is_none() {
+            return Ok(Loaded {
+                state: A::default(),
+                version: 0,
+                last_position: None,
+            });
+        }
+        let v = loaded.version;
+        // A snapshot at `start` or below was taken in an earlier life; the empty state is the
+        // base of the life that starts at 0 only.
+        let base_is_current = if from_snapshot {
+            v > info.start
+        } else {
+            v == info.start
+        };
+        if base_is_current {
+            if info.readable_from <= v && first_read.is_none_or(|r| r == v) {
+                return Ok(loaded);
+            }
+        } else if info.readable_from == info.start && first_read == Some(info.start) {
+            return Ok(Loaded {
+                state: A::default(),
+                version: info.start,
+                last_position: None,
+            });
+        }
+        Err(StoreError::StreamTruncated {
+            stream: stream.clone(),
+            readable_from: info.readable_from,
+        }
+        .into())
+    }
+
+    /// After a conflict on a load that read nothing: whether the stream's events are all
+    /// hidden by truncation (then no command can be decided on it without a snapshot).
+    async fn truncated_to_the_end(&self, stream: &StreamId) -> Result<(), StoreError> {
+        match self.store.stream_info(stream).await? {
+            Some(info) if info.visible_version().is_some() && info.readable_from > info.start => {
+                Err(StoreError::StreamTruncated {
+                    stream: stream.clone(),
+                    readable_from: info.readable_from,
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The state in the latest usable snapshot at or below `upto`, if snapshots are on.
@@ -475,6 +568,9 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     });
                 }
                 Err(StoreError::Conflict { actual, .. }) => {
+                    if loaded.version == 0 {
+                        self.truncated_to_the_end(&stream).await?;
+                    }
                     if let Some(expected) = context.expected_version {
                         return Err(CommandError::Conflict {
                             stream,
@@ -486,10 +582,6 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                         return Err(CommandError::TooManyConflicts { stream, attempts });
                     }
                 }
-                // A concurrent run of the same command id stored its events first (with other
-                // metadata, say another correlation id): the next attempt finds them and
-                // answers with that run's outcome.
-
                 // A concurrent run of the same command id stored its events first (with other
                 // metadata, say another correlation id): the next attempt finds them and
                 // answers with that run's outcome.

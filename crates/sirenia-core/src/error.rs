@@ -219,6 +219,40 @@ pub enum StoreError {
         #[source]
         source: Option<BoxError>,
     },
+    /// The stream is tombstoned: it can never be read, written or changed again.
+    #[error("stream {stream} is tombstoned: it can never be read or written again")]
+    StreamTombstoned {
+        /// The stream.
+        stream: StreamId,
+    },
+    /// The operation needs a stream that exists (and is not soft-deleted).
+    #[error("stream {stream} does not exist")]
+    StreamNotFound {
+        /// The stream.
+        stream: StreamId,
+    },
+    /// A revision past the stream's end was given where one within it is needed.
+    #[error("revision {revision} is past the end of stream {stream} (version {version})")]
+    RevisionOutOfRange {
+        /// The stream.
+        stream: StreamId,
+        /// The revision given.
+        revision: u64,
+        /// The stream's version.
+        version: u64,
+    },
+    /// The stream's events before `readable_from` were truncated and no snapshot at or after
+    /// that revision exists, so the aggregate cannot be loaded from the events that remain.
+    #[error(
+        "stream {stream} is truncated before revision {readable_from} and no snapshot covers the \
+         hidden events"
+    )]
+    StreamTruncated {
+        /// The stream.
+        stream: StreamId,
+        /// Its first readable revision.
+        readable_from: u64,
+    },
     /// The store was closed.
     #[error("the store is closed")]
     Closed,

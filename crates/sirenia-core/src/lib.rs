@@ -89,6 +89,7 @@ pub mod codec;
 pub mod error;
 pub mod event;
 pub mod id;
+pub mod lifecycle;
 pub mod limits;
 pub mod memory;
 mod paging;
@@ -105,6 +106,7 @@ pub use error::{
 };
 pub use event::{JSON_CONTENT_TYPE, Metadata, NewEvent, RecordedEvent};
 pub use id::{EventId, ExpectedVersion, Position, StreamId, Timestamp};
+pub use lifecycle::{StreamChange, StreamInfo, StreamStatus};
 pub use memory::InMemoryStore;
 pub use store::{
     AllPage, AppendResult, Direction, EventFilter, EventStore, EventStream, ReadAll, ReadStream,

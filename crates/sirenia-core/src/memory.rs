@@ -9,6 +9,9 @@ use tokio::sync::watch;
 use crate::error::StoreError;
 use crate::event::RecordedEvent;
 use crate::id::{EventId, Position, StreamId, Timestamp};
+use crate::lifecycle::{
+    StreamChange, StreamInfo, StreamStatus, append_target, decide_change, readable_from,
+};
 use crate::limits::MAX_SCAN_PER_PAGE;
 use crate::store::{
     AllPage, AppendResult, Direction, EventFilter, EventStore, StreamAppended, StreamWrite,
@@ -52,8 +55,21 @@ struct State {
     streams: HashMap<StreamId, Vec<usize>>,
     /// Log index of each event id.
     ids: HashMap<EventId, usize>,
+    /// Lifecycle records of the streams that had a lifecycle change.
+    lifecycle: HashMap<StreamId, StreamInfo>,
     /// Last `recorded_at`, so the store clock never runs backwards.
     clock: Timestamp,
+}
+
+impl State {
+    fn info(&self, stream: &StreamId) -> Option<StreamInfo> {
+        let version = self.streams.get(stream).map(|r| r.len() as u64);
+        match (self.lifecycle.get(stream), version) {
+            (Some(info), _) => Some(*info),
+            (None, Some(version)) => Some(StreamInfo::active(version)),
+            (None, None) => None,
+        }
+    }
 }
 
 impl Default for InMemoryStore {
@@ -102,7 +118,10 @@ impl InMemoryStore {
                 .collect();
             let disposition = classify_write(write, &found)?;
             if disposition == WriteDisposition::New {
-                let current = state.streams.get(&write.stream).map(|r| r.len() as u64);
+                let current = match state.lifecycle.get(&write.stream) {
+                    Some(info) => append_target(&write.stream, Some(info))?,
+                    None => state.streams.get(&write.stream).map(|r| r.len() as u64),
+                };
                 if !write.expected.is_satisfied_by(current) {
                     return Err(StoreError::Conflict {
                         stream: write.stream.clone(),
@@ -145,6 +164,12 @@ impl InMemoryStore {
                 ));
             }
             let last_position = Position(state.log.len() as u64);
+            if count > 0
+                && let Some(info) = state.lifecycle.get_mut(&write.stream)
+            {
+                info.status = StreamStatus::Active;
+                info.version = first_revision + count;
+            }
             results.push(StreamAppended {
                 stream: write.stream,
                 first_revision,
@@ -170,7 +195,31 @@ impl EventStore for InMemoryStore {
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
-        Ok(self.lock()?.streams.get(stream).map(|r| r.len() as u64))
+        let state = self.lock()?;
+        match state.lifecycle.get(stream) {
+            Some(info) => append_target(stream, Some(info)),
+            None => Ok(state.streams.get(stream).map(|r| r.len() as u64)),
+        }
+    }
+
+    async fn stream_info(&self, stream: &StreamId) -> Result<Option<StreamInfo>, StoreError> {
+        Ok(self.lock()?.info(stream))
+    }
+
+    async fn change_stream(
+        &self,
+        stream: &StreamId,
+        change: StreamChange,
+    ) -> Result<Option<StreamInfo>, StoreError> {
+        let mut state = self.lock()?;
+        let current = state.info(stream);
+        match decide_change(stream, current, change)? {
+            Some(changed) => {
+                state.lifecycle.insert(stream.clone(), changed);
+                Ok(Some(changed))
+            }
+            None => Ok(current),
+        }
     }
 
     async fn event_by_id(&self, id: EventId) -> Result<Option<RecordedEvent>, StoreError> {
@@ -194,18 +243,26 @@ impl EventStore for InMemoryStore {
         max: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let state = self.lock()?;
+        let first = readable_from(stream, state.lifecycle.get(stream))?;
         let Some(revisions) = state.streams.get(stream) else {
             return Ok(Vec::new());
         };
         let len = revisions.len();
+        let first = usize::try_from(first).unwrap_or(usize::MAX).min(len);
         let from = usize::try_from(from).unwrap_or(usize::MAX);
         let indices: Vec<usize> = match direction {
-            Direction::Forward if from >= len => Vec::new(),
-            Direction::Forward => revisions[from..len.min(from.saturating_add(max))].to_vec(),
-            Direction::Backward if len == 0 => Vec::new(),
+            Direction::Forward => {
+                let from = from.max(first);
+                if from >= len {
+                    Vec::new()
+                } else {
+                    revisions[from..len.min(from.saturating_add(max))].to_vec()
+                }
+            }
+            Direction::Backward if len == 0 || from < first => Vec::new(),
             Direction::Backward => {
                 let start = from.min(len - 1);
-                let end = (start + 1).saturating_sub(max);
+                let end = (start + 1).saturating_sub(max).max(first);
                 revisions[end..=start].iter().rev().copied().collect()
             }
         };

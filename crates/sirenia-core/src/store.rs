@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ExistingEvent, InvalidAppend, Limit, StoreError};
 use crate::event::{NewEvent, RecordedEvent};
 use crate::id::{EventId, ExpectedVersion, Position, StreamId, Timestamp};
+use crate::lifecycle::{StreamChange, StreamInfo};
 use crate::limits::{
     DEFAULT_PAGE_SIZE, MAX_APPEND_BYTES, MAX_CONTENT_TYPE_BYTES, MAX_EVENT_BYTES,
     MAX_EVENT_TYPE_BYTES, MAX_EVENTS_PER_APPEND, MAX_METADATA_BYTES, MAX_PAGE_SIZE,
@@ -366,11 +367,58 @@ pub trait EventStore: Clone + Send + Sync + 'static {
         writes: Vec<StreamWrite>,
     ) -> impl Future<Output = Result<AppendResult, StoreError>> + Send;
 
-    /// The stream's version (its number of events), `None` if it does not exist.
+    /// The stream's version (the next revision it will write), `None` if it does not exist or
+    /// is soft-deleted; [`StoreError::StreamTombstoned`] if it is tombstoned.
     fn stream_version(
         &self,
         stream: &StreamId,
     ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+
+    /// What the store knows about `stream`: its version and lifecycle (`None`: it has neither
+    /// events nor a lifecycle record).
+    fn stream_info(
+        &self,
+        stream: &StreamId,
+    ) -> impl Future<Output = Result<Option<StreamInfo>, StoreError>> + Send;
+
+    /// Applies a lifecycle change to `stream` atomically, as [`decide_change`](crate::lifecycle::decide_change) rules, and
+    /// returns the stream's record after it (`None` if it has none: deleting a missing stream).
+    /// Durable when it returns, like an append. The global log keeps every event: only the
+    /// stream view changes (see [`lifecycle`](crate::lifecycle)).
+    fn change_stream(
+        &self,
+        stream: &StreamId,
+        change: StreamChange,
+    ) -> impl Future<Output = Result<Option<StreamInfo>, StoreError>> + Send;
+
+    /// Soft-deletes `stream` if its version satisfies `expected` (see [`StreamChange::Delete`]).
+    fn delete_stream(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+    ) -> impl Future<Output = Result<Option<StreamInfo>, StoreError>> + Send {
+        self.change_stream(stream, StreamChange::Delete { expected })
+    }
+
+    /// Tombstones `stream` if its version satisfies `expected` (see
+    /// [`StreamChange::Tombstone`]).
+    fn tombstone_stream(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+    ) -> impl Future<Output = Result<Option<StreamInfo>, StoreError>> + Send {
+        self.change_stream(stream, StreamChange::Tombstone { expected })
+    }
+
+    /// Hides the revisions of `stream` below `before` from stream reads (see
+    /// [`StreamChange::TruncateBefore`]).
+    fn truncate_stream(
+        &self,
+        stream: &StreamId,
+        before: u64,
+    ) -> impl Future<Output = Result<Option<StreamInfo>, StoreError>> + Send {
+        self.change_stream(stream, StreamChange::TruncateBefore { before })
+    }
 
     /// The event with id `id`, if stored.
     fn event_by_id(
@@ -382,7 +430,10 @@ pub trait EventStore: Clone + Send + Sync + 'static {
     fn head_position(&self) -> impl Future<Output = Result<Position, StoreError>> + Send;
 
     /// At most `max` events of `stream` from revision `from` (inclusive) in `direction`.
-    /// Backward, `from = u64::MAX` starts at the last event. A missing stream reads as empty.
+    /// Backward, `from = u64::MAX` starts at the last event. A missing or soft-deleted stream
+    /// reads as empty; revisions hidden by truncation (below
+    /// [`StreamInfo::readable_from`]) are never returned; a tombstoned stream is
+    /// [`StoreError::StreamTombstoned`].
     fn read_stream_page(
         &self,
         stream: &StreamId,

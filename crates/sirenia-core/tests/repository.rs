@@ -135,6 +135,21 @@ impl EventStore for Contended {
     async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
         self.inner.stream_version(stream).await
     }
+
+    async fn stream_info(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Option<sirenia_core::StreamInfo>, StoreError> {
+        self.inner.stream_info(stream).await
+    }
+
+    async fn change_stream(
+        &self,
+        stream: &StreamId,
+        change: sirenia_core::StreamChange,
+    ) -> Result<Option<sirenia_core::StreamInfo>, StoreError> {
+        self.inner.change_stream(stream, change).await
+    }
     async fn event_by_id(&self, id: EventId) -> Result<Option<RecordedEvent>, StoreError> {
         self.inner.event_by_id(id).await
     }

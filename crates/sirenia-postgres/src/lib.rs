@@ -33,6 +33,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
+use sirenia_core::lifecycle::{
+    StreamChange, StreamInfo, StreamStatus, append_target, decide_change,
+};
 use sirenia_core::limits::MAX_SCAN_PER_PAGE;
 use sirenia_core::store::{WriteDisposition, classify_write, validate_append};
 use sirenia_core::{
@@ -134,6 +137,9 @@ struct Sql {
     by_ids: String,
     version: String,
     versions: String,
+    lock_stream: String,
+    ensure_stream: String,
+    change_stream: String,
     head: String,
     head_below: String,
     bound: &'static str,
@@ -156,9 +162,25 @@ impl Sql {
             ),
             by_id: format!("{select} WHERE event_id = $1"),
             by_ids: format!("{select} WHERE event_id = ANY($1)"),
-            version: format!("SELECT version FROM {s}.streams WHERE stream_id = $1"),
+            version: format!(
+                "SELECT version, start, readable_from, status FROM {s}.streams \
+                 WHERE stream_id = $1"
+            ),
             versions: format!(
-                "SELECT stream_id, version FROM {s}.streams WHERE stream_id = ANY($1)"
+                "SELECT version, start, readable_from, status, stream_id FROM {s}.streams \
+                 WHERE stream_id = ANY($1)"
+            ),
+            lock_stream: format!(
+                "SELECT version, start, readable_from, status FROM {s}.streams \
+                 WHERE stream_id = $1 FOR UPDATE"
+            ),
+            ensure_stream: format!(
+                "INSERT INTO {s}.streams (stream_id, version) VALUES ($1, 0) \
+                 ON CONFLICT (stream_id) DO NOTHING"
+            ),
+            change_stream: format!(
+                "UPDATE {s}.streams SET start = $2, readable_from = $3, status = $4 \
+                 WHERE stream_id = $1"
             ),
             head: format!(
                 "SELECT coalesce(max(position), 0) FROM {s}.events WHERE position < \
@@ -169,11 +191,16 @@ impl Sql {
             ),
             bound: "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20",
             committed: format!("SELECT coalesce(max(position), 0) FROM {s}.events"),
+            // Revisions hidden by a lifecycle change are below the stream's `readable_from`.
             stream_forward: format!(
-                "{select} WHERE stream_id = $1 AND revision >= $2 ORDER BY revision LIMIT $3"
+                "{select} WHERE stream_id = $1 AND revision >= GREATEST($2, coalesce(\
+                 (SELECT readable_from FROM {s}.streams WHERE stream_id = $1), 0)) \
+                 ORDER BY revision LIMIT $3"
             ),
             stream_backward: format!(
-                "{select} WHERE stream_id = $1 AND revision <= $2 ORDER BY revision DESC LIMIT $3"
+                "{select} WHERE stream_id = $1 AND revision <= $2 AND revision >= coalesce(\
+                 (SELECT readable_from FROM {s}.streams WHERE stream_id = $1), 0) \
+                 ORDER BY revision DESC LIMIT $3"
             ),
             select,
         }
@@ -186,6 +213,23 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     StoreError::backend("no PostgreSQL connection", e)
+}
+
+/// A stream's record from the first four columns of a stream row (`version`, `start`,
+/// `readable_from`, `status`); a row without events or lifecycle is no record.
+fn decode_info(row: &Row) -> Result<Option<StreamInfo>, StoreError> {
+    let number = |i: usize, what: &str| {
+        let v: i64 = row.get(i);
+        u64::try_from(v).map_err(|_| corrupt(what, v))
+    };
+    let status: i16 = row.get(3);
+    let info = StreamInfo {
+        version: number(0, "version")?,
+        start: number(1, "stream start")?,
+        readable_from: number(2, "readable_from")?,
+        status: StreamStatus::from_code(i64::from(status))?,
+    };
+    Ok((info.version > 0 || info.has_lifecycle()).then_some(info))
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -281,6 +325,10 @@ enum CallError {
     },
     /// An event id is already stored.
     DuplicateId,
+    /// Write `index` (0-based) is to a tombstoned stream.
+    Tombstoned {
+        index: usize,
+    },
     Store(StoreError),
 }
 
@@ -686,7 +734,9 @@ impl PostgresStore {
         match self.guarded_call(client, &all, guard).await {
             Ok(result) => return Ok(result),
             Err(CallError::Store(e)) => return Err(e),
-            Err(CallError::Conflict { .. } | CallError::DuplicateId) => {}
+            Err(
+                CallError::Conflict { .. } | CallError::DuplicateId | CallError::Tombstoned { .. },
+            ) => {}
         }
         // Rare paths: a conflict may be a repeat of an append that succeeded, and a stored id
         // may be a repeat or a reuse. Decide every write in request order as the port says (ids
@@ -712,17 +762,15 @@ impl PostgresStore {
                 .prepare_cached(&self.shared.sql.versions)
                 .await
                 .map_err(pg_error)?;
-            let mut versions: HashMap<String, u64> = HashMap::new();
+            let mut records: HashMap<String, StreamInfo> = HashMap::new();
             for row in client
                 .query(&statement, &[&names])
                 .await
                 .map_err(pg_error)?
             {
-                let v: i64 = row.get(1);
-                versions.insert(
-                    row.get(0),
-                    u64::try_from(v).map_err(|_| corrupt("version", v))?,
-                );
+                if let Some(info) = decode_info(&row)? {
+                    records.insert(row.get(4), info);
+                }
             }
             let mut outcome: Vec<Option<StreamAppended>> = Vec::with_capacity(writes.len());
             let mut new = Vec::new();
@@ -732,10 +780,8 @@ impl PostgresStore {
                 match classify_write(write, &found)? {
                     WriteDisposition::Repeat(original) => outcome.push(Some(original)),
                     WriteDisposition::New => {
-                        let current = versions
-                            .get(write.stream.as_str())
-                            .copied()
-                            .filter(|v| *v > 0);
+                        let current =
+                            append_target(&write.stream, records.get(write.stream.as_str()))?;
                         if !write.expected.is_satisfied_by(current) {
                             return Err(StoreError::Conflict {
                                 stream: write.stream.clone(),
@@ -774,6 +820,12 @@ impl PostgresStore {
                     });
                 }
                 Err(CallError::DuplicateId) => {}
+                Err(CallError::Tombstoned { index }) => {
+                    let write = new.get(index).ok_or_else(|| corrupt("tombstone", index))?;
+                    return Err(StoreError::StreamTombstoned {
+                        stream: write.stream.clone(),
+                    });
+                }
                 Err(CallError::Store(e)) => return Err(e),
             }
         }
@@ -949,6 +1001,13 @@ fn classify_error(e: tokio_postgres::Error) -> CallError {
                 };
             }
         }
+        if db.code().code() == "SR002"
+            && let Some(Ok(i)) = db.detail().map(str::parse::<usize>)
+        {
+            return CallError::Tombstoned {
+                index: i.saturating_sub(1),
+            };
+        }
         if db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION
             && db.constraint() == Some("events_event_id")
         {
@@ -1032,6 +1091,11 @@ impl EventStore for PostgresStore {
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
+        let info = self.stream_info(stream).await?;
+        append_target(stream, info.as_ref())
+    }
+
+    async fn stream_info(&self, stream: &StreamId) -> Result<Option<StreamInfo>, StoreError> {
         let client = self.client().await?;
         let statement = client
             .prepare_cached(&self.shared.sql.version)
@@ -1043,12 +1107,45 @@ impl EventStore for PostgresStore {
             .map_err(pg_error)?;
         match row {
             None => Ok(None),
-            Some(row) => {
-                let v: i64 = row.get(0);
-                let v = u64::try_from(v).map_err(|_| corrupt("version", v))?;
-                Ok((v > 0).then_some(v))
-            }
+            Some(row) => decode_info(&row),
         }
+    }
+
+    async fn change_stream(
+        &self,
+        stream: &StreamId,
+        change: StreamChange,
+    ) -> Result<Option<StreamInfo>, StoreError> {
+        let mut client = self.client().await?;
+        let sql = &self.shared.sql;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        // A row to lock even for a name without events, so the decision cannot race an
+        // append creating the stream.
+        tx.execute(&sql.ensure_stream, &[&stream.as_str()])
+            .await
+            .map_err(pg_error)?;
+        let row = tx
+            .query_one(&sql.lock_stream, &[&stream.as_str()])
+            .await
+            .map_err(pg_error)?;
+        let current = decode_info(&row)?;
+        let Some(changed) = decide_change(stream, current, change)? else {
+            // Rolling back drops a row created only to be locked.
+            return Ok(current);
+        };
+        tx.execute(
+            &sql.change_stream,
+            &[
+                &stream.as_str(),
+                &to_i64(changed.start),
+                &to_i64(changed.readable_from),
+                &changed.status.code(),
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(Some(changed))
     }
 
     async fn event_by_id(&self, id: EventId) -> Result<Option<RecordedEvent>, StoreError> {
@@ -1086,8 +1183,17 @@ impl EventStore for PostgresStore {
             Direction::Forward => &self.shared.sql.stream_forward,
             Direction::Backward => &self.shared.sql.stream_backward,
         };
-        self.query(sql, &[&stream.as_str(), &to_i64(from), &to_i64(max as u64)])
-            .await
+        let events = self
+            .query(sql, &[&stream.as_str(), &to_i64(from), &to_i64(max as u64)])
+            .await?;
+        if events.is_empty() {
+            // A tombstoned stream reads as an error, not as empty.
+            sirenia_core::lifecycle::readable_from(
+                stream,
+                self.stream_info(stream).await?.as_ref(),
+            )?;
+        }
+        Ok(events)
     }
 
     async fn read_all_page(

@@ -141,6 +141,87 @@ CREATE TABLE {s}.snapshots (
     PRIMARY KEY (stream_id, version)
 );
 "#,
+    // 3: stream lifecycle (soft delete, tombstone, truncate-before) on the stream rows, and the
+    // append function honouring it.
+    r#"
+ALTER TABLE {s}.streams
+    ADD COLUMN start         bigint   NOT NULL DEFAULT 0,
+    ADD COLUMN readable_from bigint   NOT NULL DEFAULT 0,
+    ADD COLUMN status        smallint NOT NULL DEFAULT 0;
+CREATE OR REPLACE FUNCTION {s}.append(
+    p_streams text[], p_kinds smallint[], p_expected bigint[], p_counts bigint[],
+    p_write integer[], p_index bigint[],
+    p_ids uuid[], p_types text[], p_versions integer[], p_content_types text[],
+    p_json jsonb[], p_bytes bytea[], p_metadata jsonb[],
+    OUT base bigint, OUT firsts bigint[])
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    n   integer := coalesce(array_length(p_streams, 1), 0);
+    i   integer;
+    cur bigint;
+    vis bigint;
+    st  smallint;
+    ok  boolean;
+    xid bigint := pg_current_xact_id()::text::bigint;
+BEGIN
+    IF xid >= (1::bigint << 43) THEN
+        RAISE EXCEPTION 'transaction id % is beyond what positions can encode', xid;
+    END IF;
+    -- After whatever this transaction appended already (several appends may share it).
+    SELECT coalesce(max(e.position) + 1, xid << 20) INTO base FROM {s}.events e
+        WHERE e.position >= (xid << 20) AND e.position < ((xid + 1) << 20);
+    IF base + coalesce(array_length(p_ids, 1), 0) > ((xid + 1) << 20) THEN
+        RAISE EXCEPTION 'one transaction cannot append more than 2^20 events';
+    END IF;
+    firsts := array_fill(0::bigint, ARRAY[n]);
+    FOR i IN SELECT t.ord FROM unnest(p_streams) WITH ORDINALITY AS t(name, ord) ORDER BY t.name LOOP
+        -- One statement locks the stream's row and moves its version; a new stream is
+        -- created (racing creators meet on the primary key and retry the update).
+        LOOP
+            UPDATE {s}.streams SET version = version + p_counts[i]
+                WHERE stream_id = p_streams[i] RETURNING version - p_counts[i], status
+                INTO cur, st;
+            EXIT WHEN FOUND;
+            INSERT INTO {s}.streams (stream_id, version) VALUES (p_streams[i], p_counts[i])
+                ON CONFLICT (stream_id) DO NOTHING;
+            IF FOUND THEN
+                cur := 0;
+                st := 0;
+                EXIT;
+            END IF;
+        END LOOP;
+        -- Status 2: tombstoned, closed for good. Status 1: soft-deleted, so expectations see
+        -- no stream, and events recreate it (revisions go on from cur).
+        IF st = 2 THEN
+            RAISE EXCEPTION USING ERRCODE = 'SR002', MESSAGE = 'sirenia: stream tombstoned',
+                DETAIL = i::text;
+        END IF;
+        vis := CASE WHEN st = 1 THEN 0 ELSE cur END;
+        ok := CASE p_kinds[i]
+            WHEN 0 THEN true
+            WHEN 1 THEN vis = 0
+            WHEN 2 THEN vis > 0
+            ELSE vis = p_expected[i]
+        END;
+        IF NOT ok THEN
+            RAISE EXCEPTION USING ERRCODE = 'SR001', MESSAGE = 'sirenia: expected version',
+                DETAIL = i::text || ':' || vis::text;
+        END IF;
+        IF st = 1 AND p_counts[i] > 0 THEN
+            UPDATE {s}.streams SET status = 0 WHERE stream_id = p_streams[i];
+        END IF;
+        firsts[i] := cur;
+    END LOOP;
+    -- p_write[k] is the write of event k, p_index[k] its index within that write.
+    INSERT INTO {s}.events (position, stream_id, revision, event_id, event_type, schema_version,
+                            content_type, data, data_bytes, metadata)
+    SELECT base + e.ord - 1, p_streams[e.w], firsts[e.w] + e.ix, e.id, e.ty, e.ver, e.ct,
+           e.js, e.bs, e.md
+    FROM unnest(p_write, p_index, p_ids, p_types, p_versions, p_content_types, p_json, p_bytes,
+                p_metadata) WITH ORDINALITY AS e(w, ix, id, ty, ver, ct, js, bs, md, ord);
+END
+$fn$;
+"#,
 ];
 
 /// The schema version this build writes.

@@ -466,4 +466,9 @@ async fn snapshots_in_the_schema_pass_the_snapshot_cases() {
         std::sync::Arc::new(inner.snapshots()),
     )
     .await;
+    sirenia_testkit::snapshots::lifecycle_repository_cases(
+        inner.clone(),
+        std::sync::Arc::new(inner.snapshots()),
+    )
+    .await;
 }

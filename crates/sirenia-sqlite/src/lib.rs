@@ -45,6 +45,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
+use sirenia_core::lifecycle::{StreamChange, StreamInfo, decide_change};
 use sirenia_core::store::validate_append;
 use sirenia_core::{
     AllPage, AppendResult, Direction, EventFilter, EventId, EventStore, Position, RecordedEvent,
@@ -561,6 +562,53 @@ impl EventStore for SqliteStore {
         let stream = stream.clone();
         self.read(move |conn| read::stream_version(conn, &stream))
             .await
+    }
+
+    async fn stream_info(&self, stream: &StreamId) -> Result<Option<StreamInfo>, StoreError> {
+        let stream = stream.clone();
+        self.read(move |conn| read::stream_info(conn, &stream))
+            .await
+    }
+
+    async fn change_stream(
+        &self,
+        stream: &StreamId,
+        change: StreamChange,
+    ) -> Result<Option<StreamInfo>, StoreError> {
+        if self.shared.writer.is_none() {
+            return Err(StoreError::WritesDisabled {
+                reason: "the store was opened read-only".to_owned(),
+            });
+        }
+        let (path, synchronous) = (self.shared.path.clone(), self.shared.synchronous);
+        let stream = stream.clone();
+        blocking(move || {
+            // Its own transaction, serialized with the writer's by SQLite's write lock.
+            let mut conn = projection::open_connection(&path, synchronous)?;
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(sqlite_error)?;
+            let current = read::stream_info(&tx, &stream)?;
+            let Some(changed) = decide_change(&stream, current, change)? else {
+                return Ok(current);
+            };
+            tx.execute(
+                "INSERT INTO stream_lifecycle (stream_id, start, readable_from, status)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (stream_id) DO UPDATE SET start = excluded.start,
+                   readable_from = excluded.readable_from, status = excluded.status",
+                rusqlite::params![
+                    stream.as_str(),
+                    read::to_i64(changed.start),
+                    read::to_i64(changed.readable_from),
+                    changed.status.code()
+                ],
+            )
+            .map_err(sqlite_error)?;
+            tx.commit().map_err(sqlite_error)?;
+            Ok(Some(changed))
+        })
+        .await
     }
 
     async fn event_by_id(&self, id: EventId) -> Result<Option<RecordedEvent>, StoreError> {

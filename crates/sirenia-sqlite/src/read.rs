@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use rusqlite::types::Value;
 use rusqlite::{Connection, Row};
+use sirenia_core::lifecycle::{StreamInfo, StreamStatus, append_target};
 use sirenia_core::limits::MAX_SCAN_PER_PAGE;
 use sirenia_core::{
     AllPage, Direction, EventFilter, EventId, Metadata, Position, RecordedEvent, StoreError,
@@ -109,20 +110,52 @@ pub(crate) fn head(conn: &Connection) -> Result<Position, StoreError> {
         .map_err(|_| corrupt("position", head))
 }
 
+/// The stream's version as its events give it and its lifecycle record, in one statement.
+pub(crate) const SELECT_STREAM: &str = "SELECT \
+     (SELECT revision + 1 FROM events WHERE stream_id = ?1 ORDER BY revision DESC LIMIT 1), \
+     l.start, l.readable_from, l.status \
+     FROM (SELECT 1) LEFT JOIN stream_lifecycle l ON l.stream_id = ?1";
+
+/// Decodes a row of [`SELECT_STREAM`]: the version from the events (`None`: none) and the
+/// stream's record (`None`: neither events nor a lifecycle record).
+pub(crate) fn decode_stream(
+    row: &Row<'_>,
+) -> Result<(Option<u64>, Option<StreamInfo>), StoreError> {
+    let version: Option<i64> = row.get(0).map_err(sqlite_error)?;
+    let version = version
+        .map(|v| u64::try_from(v).map_err(|_| corrupt("revision", v)))
+        .transpose()?;
+    let status: Option<i64> = row.get(3).map_err(sqlite_error)?;
+    let info = match status {
+        Some(code) => Some(StreamInfo {
+            version: version.unwrap_or(0),
+            start: unsigned(row, 1, "stream start")?,
+            readable_from: unsigned(row, 2, "readable_from")?,
+            status: StreamStatus::from_code(code)?,
+        }),
+        None => version.map(StreamInfo::active),
+    };
+    Ok((version, info))
+}
+
+pub(crate) fn stream_info(
+    conn: &Connection,
+    stream: &StreamId,
+) -> Result<Option<StreamInfo>, StoreError> {
+    let mut stmt = conn.prepare_cached(SELECT_STREAM).map_err(sqlite_error)?;
+    let mut rows = stmt.query([stream.as_str()]).map_err(sqlite_error)?;
+    match rows.next().map_err(sqlite_error)? {
+        Some(row) => Ok(decode_stream(row)?.1),
+        None => Ok(None),
+    }
+}
+
 pub(crate) fn stream_version(
     conn: &Connection,
     stream: &StreamId,
 ) -> Result<Option<u64>, StoreError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT revision FROM events WHERE stream_id = ?1 ORDER BY revision DESC LIMIT 1",
-        )
-        .map_err(sqlite_error)?;
-    let mut rows = stmt.query([stream.as_str()]).map_err(sqlite_error)?;
-    match rows.next().map_err(sqlite_error)? {
-        Some(row) => Ok(Some(unsigned(row, 0, "revision")? + 1)),
-        None => Ok(None),
-    }
+    let info = stream_info(conn, stream)?;
+    append_target(stream, info.as_ref())
 }
 
 pub(crate) fn event_by_id(
@@ -146,15 +179,20 @@ pub(crate) fn stream_page(
     direction: Direction,
     max: usize,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
+    // Revisions hidden by a lifecycle change are below the record's `readable_from`.
+    const READABLE: &str =
+        "coalesce((SELECT readable_from FROM stream_lifecycle WHERE stream_id = ?1), 0)";
     let sql = match direction {
         Direction::Forward => format!(
-            "{SELECT_EVENT} WHERE stream_id = ?1 AND revision >= ?2 ORDER BY revision LIMIT ?3"
+            "{SELECT_EVENT} WHERE stream_id = ?1 AND revision >= max(?2, {READABLE}) \
+             ORDER BY revision LIMIT ?3"
         ),
         Direction::Backward => format!(
-            "{SELECT_EVENT} WHERE stream_id = ?1 AND revision <= ?2 ORDER BY revision DESC LIMIT ?3"
+            "{SELECT_EVENT} WHERE stream_id = ?1 AND revision <= ?2 AND revision >= {READABLE} \
+             ORDER BY revision DESC LIMIT ?3"
         ),
     };
-    collect(
+    let events = collect(
         conn,
         &sql,
         &[
@@ -163,7 +201,12 @@ pub(crate) fn stream_page(
             Value::Integer(to_i64(max as u64)),
         ],
         max,
-    )
+    )?;
+    if events.is_empty() {
+        // A tombstoned stream reads as an error, not as empty.
+        sirenia_core::lifecycle::readable_from(stream, stream_info(conn, stream)?.as_ref())?;
+    }
+    Ok(events)
 }
 
 /// The SQL conditions and parameters for `filter` (parameters numbered from `first`).

@@ -68,6 +68,14 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         recorded_at    INTEGER NOT NULL,
         PRIMARY KEY (stream_id, version)
      ) STRICT;",
+    // 3: stream lifecycle (soft delete, tombstone, truncate-before), only for streams that had
+    // a lifecycle change. The version stays derived from the events.
+    "CREATE TABLE stream_lifecycle (
+        stream_id     TEXT    PRIMARY KEY,
+        start         INTEGER NOT NULL,
+        readable_from INTEGER NOT NULL,
+        status        INTEGER NOT NULL
+     ) STRICT;",
 ];
 
 /// The first schema version with the projection tables.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::{Connection, ErrorCode};
+use sirenia_core::lifecycle::{StreamInfo, StreamStatus, append_target};
 use sirenia_core::store::{WriteDisposition, classify_write};
 use sirenia_core::{
     AppendResult, Position, RecordedEvent, StoreError, StreamAppended, StreamId, StreamWrite,
@@ -17,7 +18,7 @@ use sirenia_core::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::read::{SELECT_EVENT, decode_row, to_i64};
+use crate::read::{self, SELECT_EVENT, decode_row, to_i64};
 use crate::sqlite_error;
 
 /// Most appends committed together.
@@ -257,8 +258,12 @@ impl Writer {
                 plan.push(Err(original));
                 continue;
             }
-            let current = self.version(&write.stream)?;
-            if !write.expected.is_satisfied_by(current) {
+            let (current, info) = self.stream(&write.stream)?;
+            let visible = match &info {
+                Some(info) => append_target(&write.stream, Some(info)),
+                None => Ok(current),
+            };
+            if !matches!(visible, Ok(v) if write.expected.is_satisfied_by(v)) {
                 // A retry of an append that succeeded finds the stream moved on: that is a
                 // repeat, not a conflict. Decide it as the port says: ids first.
                 if mode == Mode::Fast
@@ -268,26 +273,35 @@ impl Writer {
                     plan.push(Err(original));
                     continue;
                 }
-                return Err(ApplyError::Rejected(StoreError::Conflict {
-                    stream: write.stream.clone(),
-                    expected: write.expected,
-                    actual: current,
+                return Err(ApplyError::Rejected(match visible {
+                    Err(e) => e,
+                    Ok(actual) => StoreError::Conflict {
+                        stream: write.stream.clone(),
+                        expected: write.expected,
+                        actual,
+                    },
                 }));
             }
-            plan.push(Ok(current.unwrap_or(0)));
+            let recreates =
+                info.is_some_and(|i| i.status == StreamStatus::Deleted) && !write.events.is_empty();
+            plan.push(Ok((current.unwrap_or(0), recreates)));
         }
         let head_before = self.head;
         let mut streams = Vec::with_capacity(writes.len());
+        let mut recreated = Vec::new();
         let mut offset = 0usize;
         for (write, planned) in writes.iter().zip(plan) {
             let stamps = recorded_at.map(|r| &r[offset..offset + write.events.len()]);
             offset += write.events.len();
             match planned {
                 Err(original) => streams.push(original),
-                Ok(first_revision) => match self.insert(write, first_revision, now) {
+                Ok((first_revision, recreates)) => match self.insert(write, first_revision, now) {
                     Ok(appended) => {
                         if let (Some(stamps), Some(first)) = (stamps, appended.first_position) {
                             self.restamp(first, stamps)?;
+                        }
+                        if recreates {
+                            recreated.push(&write.stream);
                         }
                         streams.push(appended);
                     }
@@ -302,6 +316,15 @@ impl Writer {
                     Err(e) => return Err(e),
                 },
             }
+        }
+        // Only once every write is in: a refusal above leaves no record changed.
+        for stream in recreated {
+            self.conn
+                .prepare_cached("UPDATE stream_lifecycle SET status = ?2 WHERE stream_id = ?1")?
+                .execute(rusqlite::params![
+                    stream.as_str(),
+                    StreamStatus::Active.code()
+                ])?;
         }
         Ok(AppendResult { streams })
     }
@@ -341,19 +364,13 @@ impl Writer {
         classify_write(write, &refs).map_err(ApplyError::Rejected)
     }
 
-    fn version(&self, stream: &StreamId) -> Result<Option<u64>, ApplyError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT revision FROM events WHERE stream_id = ?1 ORDER BY revision DESC LIMIT 1",
-        )?;
+    /// The stream's version from its events and its record (see [`read::decode_stream`]).
+    fn stream(&self, stream: &StreamId) -> Result<(Option<u64>, Option<StreamInfo>), ApplyError> {
+        let mut stmt = self.conn.prepare_cached(read::SELECT_STREAM)?;
         let mut rows = stmt.query([stream.as_str()])?;
         match rows.next()? {
-            Some(row) => {
-                let revision: i64 = row.get(0)?;
-                let revision = u64::try_from(revision)
-                    .map_err(|_| ApplyError::Rejected(corrupt("negative revision")))?;
-                Ok(Some(revision + 1))
-            }
-            None => Ok(None),
+            Some(row) => read::decode_stream(row).map_err(ApplyError::Rejected),
+            None => Ok((None, None)),
         }
     }
 

@@ -360,4 +360,9 @@ async fn snapshots_in_the_file_pass_the_snapshot_cases() {
         std::sync::Arc::new(store.snapshots()),
     )
     .await;
+    sirenia_testkit::snapshots::lifecycle_repository_cases(
+        store.clone(),
+        std::sync::Arc::new(store.snapshots()),
+    )
+    .await;
 }

@@ -19,7 +19,8 @@ use sirenia_core::limits::{
 use sirenia_core::{
     AppendResult, EventFilter, EventId, EventStore, ExpectedVersion, InvalidAppend,
     InvalidStreamId, Limit, Metadata, NewEvent, ReadAll, ReadStream, RecordedEvent, StoreError,
-    StreamId, StreamWrite, Subscribe, SubscriptionItem, Timestamp,
+    StreamChange, StreamId, StreamInfo, StreamStatus, StreamWrite, Subscribe, SubscriptionItem,
+    Timestamp,
 };
 use tokio::sync::{Barrier, Mutex};
 
@@ -51,6 +52,9 @@ pub const CASES: &[&str] = &[
     "subscription_catch_up_then_live",
     "subscription_sees_concurrent_writers_in_order",
     "large_stream_reads_in_bounded_memory",
+    "soft_delete_hides_and_recreation_continues_revisions",
+    "tombstone_refuses_reads_writes_and_changes",
+    "truncate_hides_older_revisions_from_stream_reads",
 ];
 
 /// A fresh category (`c` + 32 hex digits), unique to one case run.
@@ -1167,4 +1171,315 @@ pub async fn large_stream_reads_in_bounded_memory<S: EventStore>(store: &S) {
              {BUDGET} (reads must page, not load the whole stream)"
         );
     }
+}
+
+/// Revisions of a whole forward read of `stream`.
+async fn revisions<S: EventStore>(store: &S, stream: &StreamId, options: ReadStream) -> Vec<u64> {
+    store
+        .read_stream(stream, options)
+        .map_ok(|e| e.revision)
+        .try_collect()
+        .await
+        .expect("reading a stream succeeds")
+}
+
+/// Soft delete hides a stream from stream reads and from `stream_version`; appending recreates
+/// it with revisions continuing; the global log keeps every event; deleting a missing or deleted
+/// stream changes nothing; the expectation is checked against the visible version.
+pub async fn soft_delete_hides_and_recreation_continues_revisions<S: EventStore>(store: &S) {
+    let category = fresh_category();
+    let s = stream(&category, 1);
+    append_one(store, &s, ExpectedVersion::NoStream, events("A", 3))
+        .await
+        .expect("append");
+    match store.delete_stream(&s, ExpectedVersion::Exact(2)).await {
+        Err(StoreError::Conflict {
+            actual: Some(3), ..
+        }) => {}
+        other => panic!("a delete with a wrong expectation is a Conflict, got {other:?}"),
+    }
+    assert_eq!(
+        read_stream_all(store, &s).await.len(),
+        3,
+        "a refused delete hides nothing"
+    );
+    let deleted = store
+        .delete_stream(&s, ExpectedVersion::Exact(3))
+        .await
+        .expect("delete")
+        .expect("a deleted stream has a record");
+    assert_eq!(deleted.status, StreamStatus::Deleted);
+    assert_eq!(deleted.version, 3, "revisions used stay used");
+    assert_eq!(
+        store.stream_info(&s).await.expect("info"),
+        Some(deleted),
+        "stream_info returns what change_stream did"
+    );
+    assert_eq!(
+        store.stream_version(&s).await.expect("version"),
+        None,
+        "a soft-deleted stream has no version"
+    );
+    assert!(
+        read_stream_all(store, &s).await.is_empty(),
+        "a deleted stream reads as empty"
+    );
+    assert!(
+        revisions(store, &s, ReadStream::backward())
+            .await
+            .is_empty(),
+        "a deleted stream reads as empty backward"
+    );
+    assert_eq!(
+        store
+            .delete_stream(&s, ExpectedVersion::Any)
+            .await
+            .expect("deleting again"),
+        Some(deleted),
+        "deleting a deleted stream changes nothing"
+    );
+    assert_conflict(
+        append_one(store, &s, ExpectedVersion::StreamExists, events("B", 1)).await,
+        &s,
+        ExpectedVersion::StreamExists,
+        None,
+    );
+    let recreated = append_one(store, &s, ExpectedVersion::NoStream, events("B", 2))
+        .await
+        .expect("appending recreates a deleted stream");
+    assert_eq!(recreated.streams[0].first_revision, 3, "revisions continue");
+    assert_version(&recreated, &s, 5);
+    assert_eq!(
+        revisions(store, &s, ReadStream::forward()).await,
+        vec![3, 4]
+    );
+    assert_eq!(
+        revisions(store, &s, ReadStream::backward()).await,
+        vec![4, 3]
+    );
+    assert_eq!(store.stream_version(&s).await.expect("version"), Some(5));
+    let info = store
+        .stream_info(&s)
+        .await
+        .expect("info")
+        .expect("a record");
+    assert_eq!(
+        (info.status, info.start, info.readable_from, info.version),
+        (StreamStatus::Active, 3, 3, 5),
+        "a recreated stream is active and starts where it was deleted"
+    );
+    assert_eq!(
+        read_category(store, &category).await.len(),
+        5,
+        "the global log keeps deleted events"
+    );
+    let missing = stream(&category, 2);
+    assert_eq!(
+        store
+            .delete_stream(&missing, ExpectedVersion::Any)
+            .await
+            .expect("deleting a missing stream"),
+        None
+    );
+    assert_eq!(store.stream_info(&missing).await.expect("info"), None);
+}
+
+/// A tombstoned stream refuses appends, reads, `stream_version` and every further lifecycle
+/// change with `StreamTombstoned`, even an append repeating earlier ids elsewhere; a name that
+/// never held events can be tombstoned; the global log keeps the events.
+pub async fn tombstone_refuses_reads_writes_and_changes<S: EventStore>(store: &S) {
+    let category = fresh_category();
+    let s = stream(&category, 1);
+    append_one(store, &s, ExpectedVersion::NoStream, events("A", 2))
+        .await
+        .expect("append");
+    assert_conflict(
+        store
+            .tombstone_stream(&s, ExpectedVersion::NoStream)
+            .await
+            .map(|_| AppendResult { streams: vec![] }),
+        &s,
+        ExpectedVersion::NoStream,
+        Some(2),
+    );
+    let tomb = store
+        .tombstone_stream(&s, ExpectedVersion::Exact(2))
+        .await
+        .expect("tombstone")
+        .expect("a record");
+    assert_eq!(tomb.status, StreamStatus::Tombstoned);
+    let tombstoned = |r: Result<(), &StoreError>| matches!(r, Err(StoreError::StreamTombstoned { stream }) if stream == &s);
+    let r = append_one(store, &s, ExpectedVersion::Any, events("B", 1)).await;
+    assert!(
+        tombstoned(r.as_ref().map(|_| ())),
+        "an append to a tombstoned stream: {r:?}"
+    );
+    let r = store
+        .append(vec![
+            StreamWrite::new(stream(&category, 3), ExpectedVersion::Any, events("B", 1)),
+            StreamWrite::new(s.clone(), ExpectedVersion::Any, events("B", 1)),
+        ])
+        .await;
+    assert!(
+        tombstoned(r.as_ref().map(|_| ())),
+        "a multi-stream append touching it: {r:?}"
+    );
+    assert_eq!(
+        store
+            .stream_version(&stream(&category, 3))
+            .await
+            .expect("version"),
+        None,
+        "the refused multi-stream append wrote nothing"
+    );
+    let r = store.stream_version(&s).await;
+    assert!(
+        tombstoned(r.as_ref().map(|_| ())),
+        "stream_version of a tombstoned stream: {r:?}"
+    );
+    let r: Result<Vec<RecordedEvent>, StoreError> = store
+        .read_stream(&s, ReadStream::forward())
+        .try_collect()
+        .await;
+    assert!(
+        tombstoned(r.as_ref().map(|_| ())),
+        "reading a tombstoned stream: {r:?}"
+    );
+    let r: Result<Vec<RecordedEvent>, StoreError> = store
+        .read_stream(&s, ReadStream::backward())
+        .try_collect()
+        .await;
+    assert!(
+        tombstoned(r.as_ref().map(|_| ())),
+        "reading a tombstoned stream backward: {r:?}"
+    );
+    for change in [
+        StreamChange::Delete {
+            expected: ExpectedVersion::Any,
+        },
+        StreamChange::Tombstone {
+            expected: ExpectedVersion::Any,
+        },
+        StreamChange::TruncateBefore { before: 1 },
+    ] {
+        let r = store.change_stream(&s, change).await;
+        assert!(
+            tombstoned(r.as_ref().map(|_| ())),
+            "{change:?} of a tombstoned stream: {r:?}"
+        );
+    }
+    assert_eq!(
+        store.stream_info(&s).await.expect("info"),
+        Some(tomb),
+        "stream_info still describes a tombstoned stream"
+    );
+    assert_eq!(
+        read_category(store, &category).await.len(),
+        2,
+        "the log keeps its events"
+    );
+    // A name that never held events.
+    let reserved = stream(&category, 2);
+    let info = store
+        .tombstone_stream(&reserved, ExpectedVersion::NoStream)
+        .await
+        .expect("tombstone a new name")
+        .expect("a record");
+    assert_eq!(
+        info,
+        StreamInfo {
+            version: 0,
+            start: 0,
+            readable_from: 0,
+            status: StreamStatus::Tombstoned
+        }
+    );
+    let r = append_one(store, &reserved, ExpectedVersion::NoStream, events("C", 1)).await;
+    assert!(
+        matches!(r, Err(StoreError::StreamTombstoned { .. })),
+        "a tombstoned name stays closed: {r:?}"
+    );
+}
+
+/// Truncating before a revision hides older revisions from stream reads in both directions and
+/// across pages, never moves back, refuses a revision past the end or a missing stream, and
+/// leaves appends and the global log as they were.
+pub async fn truncate_hides_older_revisions_from_stream_reads<S: EventStore>(store: &S) {
+    let category = fresh_category();
+    let s = stream(&category, 1);
+    append_one(store, &s, ExpectedVersion::NoStream, events("A", 5))
+        .await
+        .expect("append");
+    let info = store
+        .truncate_stream(&s, 2)
+        .await
+        .expect("truncate")
+        .expect("a record");
+    assert_eq!(
+        (info.readable_from, info.version, info.status),
+        (2, 5, StreamStatus::Active)
+    );
+    assert_eq!(
+        revisions(store, &s, ReadStream::forward()).await,
+        vec![2, 3, 4]
+    );
+    assert_eq!(
+        revisions(store, &s, ReadStream::forward().page_size(1)).await,
+        vec![2, 3, 4],
+        "page by page"
+    );
+    assert_eq!(
+        revisions(store, &s, ReadStream::forward().from(3)).await,
+        vec![3, 4]
+    );
+    assert_eq!(
+        revisions(store, &s, ReadStream::backward()).await,
+        vec![4, 3, 2]
+    );
+    assert_eq!(
+        revisions(store, &s, ReadStream::backward().page_size(2)).await,
+        vec![4, 3, 2],
+        "backward page by page"
+    );
+    assert!(
+        revisions(store, &s, ReadStream::backward().from(1))
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        store.truncate_stream(&s, 1).await.expect("an earlier cut"),
+        Some(info),
+        "truncation never un-hides"
+    );
+    match store.truncate_stream(&s, 6).await {
+        Err(StoreError::RevisionOutOfRange {
+            revision: 6,
+            version: 5,
+            ..
+        }) => {}
+        other => panic!("truncating past the end is RevisionOutOfRange, got {other:?}"),
+    }
+    match store.truncate_stream(&stream(&category, 2), 0).await {
+        Err(StoreError::StreamNotFound { .. }) => {}
+        other => panic!("truncating a missing stream is StreamNotFound, got {other:?}"),
+    }
+    assert_eq!(store.stream_version(&s).await.expect("version"), Some(5));
+    append_one(store, &s, ExpectedVersion::Exact(5), events("B", 1))
+        .await
+        .expect("a truncated stream takes appends at its version");
+    store
+        .truncate_stream(&s, 6)
+        .await
+        .expect("truncate to the end");
+    assert!(read_stream_all(store, &s).await.is_empty());
+    assert_eq!(
+        store.stream_version(&s).await.expect("version"),
+        Some(6),
+        "a stream truncated to its end still exists"
+    );
+    assert_eq!(
+        read_category(store, &category).await.len(),
+        6,
+        "the log keeps its events"
+    );
 }

@@ -50,6 +50,21 @@ impl<S: EventStore, G: Send + Sync + 'static> EventStore for Guarded<S, G> {
     async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
         self.store.stream_version(stream).await
     }
+
+    async fn stream_info(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Option<sirenia_core::StreamInfo>, StoreError> {
+        self.store.stream_info(stream).await
+    }
+
+    async fn change_stream(
+        &self,
+        stream: &StreamId,
+        change: sirenia_core::StreamChange,
+    ) -> Result<Option<sirenia_core::StreamInfo>, StoreError> {
+        self.store.change_stream(stream, change).await
+    }
     async fn event_by_id(&self, id: EventId) -> Result<Option<RecordedEvent>, StoreError> {
         self.store.event_by_id(id).await
     }

@@ -88,6 +88,9 @@ macro_rules! conformance_tests {
             subscription_catch_up_then_live,
             subscription_sees_concurrent_writers_in_order,
             large_stream_reads_in_bounded_memory,
+            soft_delete_hides_and_recreation_continues_revisions,
+            tombstone_refuses_reads_writes_and_changes,
+            truncate_hides_older_revisions_from_stream_reads,
         );
 
         #[test]

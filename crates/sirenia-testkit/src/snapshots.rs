@@ -7,7 +7,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sirenia_core::snapshot::{Snapshot, SnapshotPolicy, SnapshotStore, Snapshotted};
-use sirenia_core::{Aggregate, DomainEvent, EventStore, Repository, StreamId, Timestamp};
+use sirenia_core::{
+    Aggregate, DomainEvent, EventStore, ExpectedVersion, Repository, StoreError, StreamId,
+    Timestamp,
+};
 
 fn snapshot(stream: &str, version: u64, data: &str) -> Snapshot {
     Snapshot {
@@ -206,4 +209,104 @@ pub async fn snapshot_repository_cases<S: EventStore>(store: S, snapshots: Arc<d
     foreign.version = 1;
     snapshots.save(foreign).await.expect("save");
     assert_eq!(snapped.load("t2").await.expect("load").state.total, 1);
+}
+
+/// Aggregates over streams with a lifecycle: a truncated stream loads from a snapshot at or
+/// after the cut and is `StreamTruncated` without one; a soft-deleted stream loads empty and a
+/// command recreates it, and a snapshot from before the deletion is never used again.
+pub async fn lifecycle_repository_cases<S: EventStore>(
+    store: S,
+    snapshots: Arc<dyn SnapshotStore>,
+) {
+    let plain = Repository::<Tally, _>::new(store.clone());
+    let snapped = Repository::<Tally, _>::new(store.clone())
+        .with_snapshots(snapshots.clone(), SnapshotPolicy::Every(10));
+    let truncated = |r: &Result<_, _>| {
+        matches!(
+            r,
+            Err(sirenia_core::LoadError::Store(
+                StoreError::StreamTruncated { .. }
+            ))
+        )
+    };
+    let id = format!("cut{}", uuid::Uuid::now_v7().simple());
+    let stream = plain.stream_id(&id).expect("valid");
+    for i in 1..=25 {
+        snapped.execute(&id, AddAmount(i)).await.expect("command");
+    }
+    wait_for_snapshot(snapshots.as_ref(), &stream, 20).await;
+    let before = plain.load(&id).await.expect("load").state;
+    store.truncate_stream(&stream, 20).await.expect("truncate");
+    let loaded = snapped
+        .load(&id)
+        .await
+        .expect("a snapshot at the cut keeps it loadable");
+    assert_eq!((loaded.state, loaded.version), (before, 25));
+    let r = plain.load(&id).await;
+    assert!(
+        truncated(&r),
+        "without a snapshot a truncated stream is StreamTruncated: {r:?}"
+    );
+    match plain.execute(&id, AddAmount(1)).await {
+        Err(sirenia_core::CommandError::Store(StoreError::StreamTruncated { .. })) => {}
+        other => panic!("a command without a snapshot is StreamTruncated, got {other:?}"),
+    }
+    snapped
+        .execute(&id, AddAmount(1))
+        .await
+        .expect("a command from the snapshot");
+    store
+        .truncate_stream(&stream, 23)
+        .await
+        .expect("truncate past the snapshot");
+    let r = snapped.load(&id).await;
+    assert!(
+        truncated(&r),
+        "a cut past every snapshot is StreamTruncated: {r:?}"
+    );
+
+    // Truncated to its very end, with no snapshot: commands are refused, not retried forever.
+    let id = format!("end{}", uuid::Uuid::now_v7().simple());
+    let stream = plain.stream_id(&id).expect("valid");
+    for i in 1..=3 {
+        plain.execute(&id, AddAmount(i)).await.expect("command");
+    }
+    store.truncate_stream(&stream, 3).await.expect("truncate");
+    match plain.execute(&id, AddAmount(1)).await {
+        Err(sirenia_core::CommandError::Store(StoreError::StreamTruncated { .. })) => {}
+        other => panic!("a stream truncated to its end is StreamTruncated, got {other:?}"),
+    }
+
+    // Soft delete with a snapshot from the old life.
+    let id = format!("del{}", uuid::Uuid::now_v7().simple());
+    let stream = plain.stream_id(&id).expect("valid");
+    for i in 1..=10 {
+        snapped.execute(&id, AddAmount(i)).await.expect("command");
+    }
+    wait_for_snapshot(snapshots.as_ref(), &stream, 10).await;
+    store
+        .delete_stream(&stream, ExpectedVersion::Exact(10))
+        .await
+        .expect("delete");
+    for repo in [&plain, &snapped] {
+        let loaded = repo.load(&id).await.expect("load a deleted stream");
+        assert_eq!((loaded.state, loaded.version), (Tally::default(), 0));
+    }
+    let done = snapped
+        .execute(&id, AddAmount(7))
+        .await
+        .expect("a command recreates the stream");
+    assert_eq!(done.version, 11, "revisions continue after a soft delete");
+    assert_eq!(done.state.history, vec![7]);
+    for repo in [&plain, &snapped] {
+        let loaded = repo.load(&id).await.expect("load the recreated stream");
+        assert_eq!(
+            (loaded.state.history, loaded.version),
+            (vec![7], 11),
+            "the old life's snapshot is not used"
+        );
+    }
+    // The old life is hidden from time travel too.
+    let r = plain.load_version(&id, 5).await;
+    assert!(truncated(&r), "as of a version before the deletion: {r:?}");
 }

@@ -17,6 +17,11 @@ async fn memory_snapshots_pass_the_snapshot_cases() {
         std::sync::Arc::new(sirenia_core::snapshot::MemorySnapshots::new()),
     )
     .await;
+    sirenia_testkit::snapshots::lifecycle_repository_cases(
+        InMemoryStore::new(),
+        std::sync::Arc::new(sirenia_core::snapshot::MemorySnapshots::new()),
+    )
+    .await;
 }
 
 #[test]

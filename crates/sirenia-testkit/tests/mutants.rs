@@ -34,6 +34,7 @@ enum Mutation {
     DropMetadata,
     NoLiveWakeup,
     UnboundedReads,
+    LifecycleNotStored,
 }
 
 #[derive(Clone)]
@@ -121,6 +122,28 @@ impl EventStore for Broken {
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
         self.inner.stream_version(stream).await
+    }
+
+    async fn stream_info(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Option<sirenia_core::StreamInfo>, StoreError> {
+        self.inner.stream_info(stream).await
+    }
+
+    async fn change_stream(
+        &self,
+        stream: &StreamId,
+        change: sirenia_core::StreamChange,
+    ) -> Result<Option<sirenia_core::StreamInfo>, StoreError> {
+        if self.mutation == Mutation::LifecycleNotStored {
+            // Answers as if the change were made, and keeps nothing.
+            let current = self.inner.stream_info(stream).await?;
+            return Ok(
+                sirenia_core::lifecycle::decide_change(stream, current, change)?.or(current),
+            );
+        }
+        self.inner.change_stream(stream, change).await
     }
 
     async fn event_by_id(&self, id: EventId) -> Result<Option<RecordedEvent>, StoreError> {
@@ -228,6 +251,15 @@ async fn run_named(name: &str, store: &Broken) {
         }
         "large_stream_reads_in_bounded_memory" => {
             conformance::large_stream_reads_in_bounded_memory(store).await
+        }
+        "soft_delete_hides_and_recreation_continues_revisions" => {
+            conformance::soft_delete_hides_and_recreation_continues_revisions(store).await
+        }
+        "tombstone_refuses_reads_writes_and_changes" => {
+            conformance::tombstone_refuses_reads_writes_and_changes(store).await
+        }
+        "truncate_hides_older_revisions_from_stream_reads" => {
+            conformance::truncate_hides_older_revisions_from_stream_reads(store).await
         }
         other => panic!("unknown case {other}"),
     }
@@ -353,6 +385,18 @@ fn unbounded_reads_are_caught() {
     assert_caught(
         Mutation::UnboundedReads,
         &["large_stream_reads_in_bounded_memory"],
+    );
+}
+
+#[test]
+fn unkept_lifecycle_changes_are_caught() {
+    assert_caught(
+        Mutation::LifecycleNotStored,
+        &[
+            "soft_delete_hides_and_recreation_continues_revisions",
+            "tombstone_refuses_reads_writes_and_changes",
+            "truncate_hides_older_revisions_from_stream_reads",
+        ],
     );
 }
 

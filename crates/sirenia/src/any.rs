@@ -181,6 +181,21 @@ impl EventStore for AnyStore {
         delegate!(self, s => s.stream_version(stream).await)
     }
 
+    async fn stream_info(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Option<sirenia_core::StreamInfo>, StoreError> {
+        delegate!(self, s => s.stream_info(stream).await)
+    }
+
+    async fn change_stream(
+        &self,
+        stream: &StreamId,
+        change: sirenia_core::StreamChange,
+    ) -> Result<Option<sirenia_core::StreamInfo>, StoreError> {
+        delegate!(self, s => s.change_stream(stream, change).await)
+    }
+
     async fn event_by_id(&self, id: EventId) -> Result<Option<RecordedEvent>, StoreError> {
         delegate!(self, s => s.event_by_id(id).await)
     }
