@@ -42,8 +42,9 @@ pub(crate) struct WriteRequest {
 enum ApplyError {
     /// The caller's request is refused; the rest of the group goes on.
     Rejected(StoreError),
-    /// An event id is already stored: decide again, looking every id up first.
-    DuplicateId,
+    /// An event id is already stored, or an expectation failed: decide again, looking every
+    /// id up first.
+    Recheck,
     /// SQLite failed: the whole group fails and writes are disabled.
     Sqlite(rusqlite::Error),
 }
@@ -217,15 +218,13 @@ impl Writer {
         for request in group {
             let stamps = request.recorded_at.as_deref();
             let outcome = match self.apply(&request.writes, now, Mode::Fast, stamps) {
-                Err(ApplyError::DuplicateId) => {
-                    self.apply(&request.writes, now, Mode::Careful, stamps)
-                }
+                Err(ApplyError::Recheck) => self.apply(&request.writes, now, Mode::Careful, stamps),
                 other => other,
             };
             match outcome {
                 Ok(result) => results.push(Ok(result)),
                 Err(ApplyError::Rejected(e)) => results.push(Err(e)),
-                Err(ApplyError::DuplicateId) => {
+                Err(ApplyError::Recheck) => {
                     // Careful mode looks every id up before inserting; a duplicate here means
                     // the index and the lookups disagree.
                     return Err(rusqlite::Error::SqliteFailure(
@@ -265,13 +264,11 @@ impl Writer {
             };
             if !matches!(visible, Ok(v) if write.expected.is_satisfied_by(v)) {
                 // A retry of an append that succeeded finds the stream moved on: that is a
-                // repeat, not a conflict. Decide it as the port says: ids first.
-                if mode == Mode::Fast
-                    && !write.events.is_empty()
-                    && let WriteDisposition::Repeat(original) = self.classify(write)?
-                {
-                    plan.push(Err(original));
-                    continue;
+                // repeat, not a conflict; and a stored id in an earlier write of this append
+                // is refused before this write's expectation. Decide as the port says: ids
+                // first, write by write.
+                if mode == Mode::Fast {
+                    return Err(ApplyError::Recheck);
                 }
                 return Err(ApplyError::Rejected(match visible {
                     Err(e) => e,
@@ -306,7 +303,7 @@ impl Writer {
                         streams.push(appended);
                     }
                     // Undo what this append inserted before refusing it (or deciding again).
-                    Err(e @ (ApplyError::DuplicateId | ApplyError::Rejected(_))) => {
+                    Err(e @ (ApplyError::Recheck | ApplyError::Rejected(_))) => {
                         self.conn
                             .prepare_cached("DELETE FROM events WHERE position > ?1")?
                             .execute([to_i64(head_before)])?;
@@ -421,7 +418,7 @@ impl Writer {
                     self.head += rows as u64;
                     done += rows;
                 }
-                Err(e) if is_duplicate_event_id(&e) => return Err(ApplyError::DuplicateId),
+                Err(e) if is_duplicate_event_id(&e) => return Err(ApplyError::Recheck),
                 Err(e) => return Err(ApplyError::Sqlite(e)),
             }
         }

@@ -1,5 +1,6 @@
-//! The oracle property test: random sequences of appends and reads run against a store and the
-//! [`InMemoryStore`], which must answer identically.
+//! The oracle property test: random sequences of appends, reads and stream lifecycle changes
+//! (soft delete, truncate, tombstone) run against a store and the [`InMemoryStore`], which must
+//! answer identically.
 //!
 //! Positions are compared by rank (their index in the store's whole log), so a store whose
 //! positions have holes (a PostgreSQL sequence after a rollback) still compares equal; order is
@@ -14,8 +15,8 @@ use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRu
 use serde_json::json;
 use sirenia_core::{
     AppendResult, EventFilter, EventId, EventStore, ExpectedVersion, InMemoryStore, Metadata,
-    NewEvent, Position, ReadAll, ReadStream, RecordedEvent, StoreError, StreamId, StreamWrite,
-    Uuid,
+    NewEvent, Position, ReadAll, ReadStream, RecordedEvent, StoreError, StreamChange, StreamId,
+    StreamInfo, StreamWrite, Uuid,
 };
 
 /// The number of cases the property test runs unless `SIRENIA_PROPTEST_CASES` says otherwise.
@@ -64,6 +65,13 @@ enum Op {
     },
     Version(usize),
     ById(usize),
+    /// A lifecycle change: 0 delete, 1 truncate before `before`, 2 tombstone.
+    Change {
+        stream: usize,
+        kind: u8,
+        expect: Expect,
+        before: u64,
+    },
 }
 
 fn expect_strategy() -> impl Strategy<Value = Expect> {
@@ -103,6 +111,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             }),
         1 => (0..STREAMS.len()).prop_map(Op::Version),
         1 => any::<usize>().prop_map(Op::ById),
+        1 => (0..STREAMS.len(), prop_oneof![2 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8)], expect_strategy(), 0u64..8)
+            .prop_map(|(stream, kind, expect, before)| Op::Change { stream, kind, expect, before }),
     ]
 }
 
@@ -127,16 +137,18 @@ type Appended = (String, u64, u64, Option<usize>, Option<usize>);
 enum Outcome {
     Append(Result<Vec<Appended>, String>),
     Events(Result<Vec<Seen>, String>),
-    Version(Option<u64>),
+    Version(Result<Option<u64>, String>),
     ById(Option<Seen>),
+    Change(Result<Option<StreamInfo>, String>),
 }
 
 /// Raw outcomes keep positions until the log is known and ranks can be given.
 enum Raw {
     Append(Result<AppendResult, StoreError>),
     Events(Result<Vec<RecordedEvent>, StoreError>),
-    Version(Option<u64>),
+    Version(Result<Option<u64>, StoreError>),
     ById(Option<RecordedEvent>),
+    Change(Result<Option<StreamInfo>, StoreError>),
 }
 
 fn describe(e: &StoreError) -> String {
@@ -199,7 +211,8 @@ fn normalize(raw: &Raw, ranks: &HashMap<Position, usize>) -> Outcome {
                 .map(|events| events.iter().map(|e| seen(e, ranks)).collect())
                 .map_err(describe),
         ),
-        Raw::Version(v) => Outcome::Version(*v),
+        Raw::Version(v) => Outcome::Version(v.as_ref().copied().map_err(describe)),
+        Raw::Change(r) => Outcome::Change(r.as_ref().copied().map_err(describe)),
         Raw::ById(e) => Outcome::ById(e.as_ref().map(|e| seen(e, ranks))),
     }
 }
@@ -309,7 +322,30 @@ async fn run_op<S: EventStore>(
         }
         Op::Version(stream) => {
             let id = StreamId::new(STREAMS[*stream]).expect("valid");
-            Raw::Version(store.stream_version(&id).await.expect("stream_version"))
+            Raw::Version(store.stream_version(&id).await)
+        }
+        Op::Change {
+            stream,
+            kind,
+            expect,
+            before,
+        } => {
+            let id = StreamId::new(STREAMS[*stream]).expect("valid");
+            let expected = match expect {
+                Expect::Any => ExpectedVersion::Any,
+                Expect::NoStream => ExpectedVersion::NoStream,
+                Expect::StreamExists => ExpectedVersion::StreamExists,
+                Expect::Exact(v) => ExpectedVersion::Exact(*v),
+                Expect::Current => ExpectedVersion::Exact(
+                    store.stream_version(&id).await.ok().flatten().unwrap_or(0),
+                ),
+            };
+            let change = match kind {
+                0 => StreamChange::Delete { expected },
+                1 => StreamChange::TruncateBefore { before: *before },
+                _ => StreamChange::Tombstone { expected },
+            };
+            Raw::Change(store.change_stream(&id, change).await)
         }
         Op::ById(_) | Op::Append(_) | Op::Repeat(_) | Op::RepeatAltered(_) => {
             unreachable!("handled by the caller")
@@ -355,7 +391,8 @@ async fn run_case<S: EventStore>(store: S, ops: Vec<Op>) -> Result<(), TestCaseE
                             oracle
                                 .stream_version(&stream)
                                 .await
-                                .expect("oracle")
+                                .ok()
+                                .flatten()
                                 .unwrap_or(0),
                         ),
                     };

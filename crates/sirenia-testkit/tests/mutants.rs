@@ -432,6 +432,7 @@ fn the_oracle_property_catches_mutants() {
         Mutation::IgnoreFilter,
         Mutation::DropEvents,
         Mutation::DropMetadata,
+        Mutation::LifecycleNotStored,
     ] {
         assert!(
             !oracle_passes(move || async move { make(mutation) }),
