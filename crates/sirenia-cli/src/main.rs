@@ -7,6 +7,8 @@
 //! sirenia --store bank-data/bank.db projections status
 //! sirenia --store bank-data/bank.db export log.ndjson
 //! sirenia --store bank-data/bank.db copy --to postgresql://localhost/app
+//! sirenia --store bank-data/bank.db --upcasters upcasters.json read account-42
+//! sirenia --store bank-data/bank.db truncate account-42 --before 100
 //! ```
 //!
 //! `--store` (or `SIRENIA_STORE`) is a file path (the embedded store) or a `postgres://` URL.
@@ -28,8 +30,9 @@ use sirenia::projection::ProjectionRequest;
 use sirenia::sqlite::SqliteOptions;
 use sirenia::store::import_batches;
 use sirenia::{
-    AnyStore, EventFilter, EventStore, ReadAll, ReadStream, RecordedEvent, SqliteStore, StoreError,
-    StreamId, Subscribe, SubscriptionItem, is_postgres_url,
+    AnyStore, EventFilter, EventStore, ExpectedVersion, ReadAll, ReadStream, RecordedEvent,
+    SqliteStore, StoreError, StreamChange, StreamId, StreamStatus, Subscribe, SubscriptionItem,
+    Upcasters, is_postgres_url,
 };
 
 use crate::line::Line;
@@ -49,6 +52,10 @@ struct Cli {
         global = true
     )]
     pg_schema: String,
+    /// A JSON file of upcast rules: `read` and `tail` show events as today's code reads them
+    /// (export, import and copy always keep the stored form).
+    #[arg(long, env = "SIRENIA_UPCASTERS", global = true)]
+    upcasters: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -106,6 +113,32 @@ enum Command {
     Import {
         /// The file to read.
         file: PathBuf,
+    },
+    /// Soft-deletes a stream: it reads as missing until an append recreates it (revisions go
+    /// on); the global log keeps its events.
+    Delete {
+        /// The stream id.
+        stream: String,
+        /// Only if the stream is at this version.
+        #[arg(long)]
+        expected: Option<u64>,
+    },
+    /// Tombstones a stream: it can never be read or written again.
+    Tombstone {
+        /// The stream id.
+        stream: String,
+        /// Only if the stream is at this version.
+        #[arg(long)]
+        expected: Option<u64>,
+    },
+    /// Hides a stream's events before a revision from stream reads (aggregates then load from
+    /// a snapshot at or after it).
+    Truncate {
+        /// The stream id.
+        stream: String,
+        /// The first revision that stays readable.
+        #[arg(long)]
+        before: u64,
     },
     /// Copies the whole log into another store (for example embedded → PostgreSQL).
     Copy {
@@ -189,6 +222,11 @@ enum CliError {
     },
     #[error("writing the output failed: {0}")]
     Output(std::io::Error),
+    #[error("{path}: {source}")]
+    Upcasters {
+        path: String,
+        source: sirenia::CodecError,
+    },
 }
 
 /// Whether a command writes to the store.
@@ -322,12 +360,17 @@ async fn streams(store: &AnyStore, category: Option<String>, json: bool) -> Resu
     w.flush().map_err(CliError::Output)
 }
 
-async fn read(store: &AnyStore, stream: &str, json: bool) -> Result<(), CliError> {
+async fn read(
+    store: &AnyStore,
+    upcasters: &Upcasters,
+    stream: &str,
+    json: bool,
+) -> Result<(), CliError> {
     let stream = StreamId::new(stream)?;
     if store.stream_version(&stream).await?.is_none() {
         return Err(CliError::NoStream(stream.to_string()));
     }
-    let mut events = store.read_stream(&stream, ReadStream::forward());
+    let mut events = upcasters.read_stream(store, &stream, ReadStream::forward());
     let mut w = out();
     while let Some(event) = events.next().await {
         print_event(&mut w, &event?, json)?;
@@ -337,6 +380,7 @@ async fn read(store: &AnyStore, stream: &str, json: bool) -> Result<(), CliError
 
 async fn tail(
     store: &AnyStore,
+    upcasters: &Upcasters,
     filter: EventFilter,
     from: u64,
     follow: bool,
@@ -344,14 +388,14 @@ async fn tail(
 ) -> Result<(), CliError> {
     let from = sirenia::Position(from.max(1));
     if !follow {
-        let mut events = store.read_all(ReadAll::forward().from(from).filter(filter));
+        let mut events = upcasters.read_all(store, ReadAll::forward().from(from).filter(filter));
         let mut w = out();
         while let Some(event) = events.next().await {
             print_event(&mut w, &event?, json)?;
         }
         return w.flush().map_err(CliError::Output);
     }
-    let mut subscription = store.subscribe(Subscribe::from(from).filter(filter));
+    let mut subscription = upcasters.subscribe(store, Subscribe::from(from).filter(filter));
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     loop {
@@ -663,14 +707,30 @@ async fn copy(store: &AnyStore, to: &str, schema: &str) -> Result<(), CliError> 
 
 async fn run(cli: Cli) -> Result<(), CliError> {
     let location = cli.store.ok_or(CliError::NoStore)?;
+    let upcasters = match &cli.upcasters {
+        None => Upcasters::new(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| CliError::File {
+                path: path.display().to_string(),
+                source,
+            })?;
+            Upcasters::from_rules_json(&text).map_err(|source| CliError::Upcasters {
+                path: path.display().to_string(),
+                source,
+            })?
+        }
+    };
     let (access, checked) = match &cli.command {
         Command::Import { file } => (Access::Write, check_file(file)?),
+        Command::Delete { .. } | Command::Tombstone { .. } | Command::Truncate { .. } => {
+            (Access::Write, 0)
+        }
         _ => (Access::Read, 0),
     };
     let store = open(&location, &cli.pg_schema, access).await?;
     match cli.command {
         Command::Streams { category, json } => streams(&store, category, json).await,
-        Command::Read { stream, json } => read(&store, &stream, json).await,
+        Command::Read { stream, json } => read(&store, &upcasters, &stream, json).await,
         Command::Tail {
             category,
             event_type,
@@ -682,13 +742,55 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 categories: category,
                 event_types: event_type,
             };
-            tail(&store, filter, from, follow, json).await
+            tail(&store, &upcasters, filter, from, follow, json).await
+        }
+        Command::Delete { stream, expected } => {
+            let change = StreamChange::Delete {
+                expected: expected.map_or(ExpectedVersion::Any, ExpectedVersion::Exact),
+            };
+            change_stream(&store, &stream, change).await
+        }
+        Command::Tombstone { stream, expected } => {
+            let change = StreamChange::Tombstone {
+                expected: expected.map_or(ExpectedVersion::Any, ExpectedVersion::Exact),
+            };
+            change_stream(&store, &stream, change).await
+        }
+        Command::Truncate { stream, before } => {
+            change_stream(&store, &stream, StreamChange::TruncateBefore { before }).await
         }
         Command::Projections { command } => projections(&store, command).await,
         Command::Export { file } => export(&store, &file).await,
         Command::Import { file } => import(&store, &file, checked).await,
         Command::Copy { to, to_pg_schema } => copy(&store, &to, &to_pg_schema).await,
     }
+}
+
+/// Applies a lifecycle change and says what the stream is now.
+async fn change_stream(
+    store: &AnyStore,
+    stream: &str,
+    change: StreamChange,
+) -> Result<(), CliError> {
+    let stream = StreamId::new(stream)?;
+    let info = store.change_stream(&stream, change).await?;
+    let mut w = out();
+    match info {
+        None => writeln!(w, "{stream}: no such stream; nothing changed"),
+        Some(info) => writeln!(
+            w,
+            "{stream}: {}, version {}, readable from revision {}",
+            match info.status {
+                StreamStatus::Active => "active",
+                StreamStatus::Deleted => "deleted",
+                StreamStatus::Tombstoned => "tombstoned",
+            },
+            info.version,
+            info.readable_from
+        ),
+    }
+    .map_err(CliError::Output)?;
+    w.flush().map_err(CliError::Output)
 }
 
 #[tokio::main]

@@ -241,6 +241,7 @@ on_both_stores!(
     projections_rebuild_and_replay_on_request,
     export_then_import_gives_an_identical_log,
     bad_input_is_refused_clearly,
+    upcasters_and_stream_lifecycle,
 );
 
 async fn streams_lists_counts_by_category(place: Place) {
@@ -646,4 +647,104 @@ async fn bad_input_is_refused_clearly(place: Place) {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("no store at"));
     assert!(!std::path::Path::new("/nonexistent/store.db").exists());
+}
+
+async fn upcasters_and_stream_lifecycle(mut place: Place) {
+    fill(&place.store).await;
+    append(
+        &place.store,
+        "pay-1",
+        vec![
+            NewEvent::json("Paid", &serde_json::json!({ "amount": 5, "legacy": 1 })),
+            NewEvent::json("Noted", &serde_json::json!({ "text": "x" })),
+            NewEvent::json("Paid", &serde_json::json!({ "amount": 6 })),
+        ],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("upcasters.json");
+    std::fs::write(
+        &rules,
+        r#"[{"event_type": "Paid", "schema_version": 1, "rename_fields": {"amount": "cents"},
+             "remove_fields": ["legacy"]},
+            {"event_type": "Noted", "schema_version": 1, "drop": true}]"#,
+    )
+    .unwrap();
+    let rules = rules.to_str().unwrap();
+    let json_lines = |out: &str| -> Vec<serde_json::Value> {
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (ok, out, err) = sirenia(&place, &["read", "pay-1", "--json"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(json_lines(&out).len(), 3, "without rules: the stored form");
+    let (ok, out, err) = sirenia(&place, &["--upcasters", rules, "read", "pay-1", "--json"]).await;
+    assert!(ok, "{err}");
+    let read = json_lines(&out);
+    let seen: Vec<(u64, &serde_json::Value, &serde_json::Value)> = read
+        .iter()
+        .map(|l| {
+            (
+                l["revision"].as_u64().unwrap(),
+                &l["schema_version"],
+                &l["data"],
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (0, &serde_json::json!(2), &serde_json::json!({ "cents": 5 })),
+            (2, &serde_json::json!(2), &serde_json::json!({ "cents": 6 })),
+        ],
+        "read upcasts and drops"
+    );
+    let (ok, out, err) = sirenia(
+        &place,
+        &["--upcasters", rules, "tail", "--json", "--type", "Paid"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(json_lines(&out).len(), 2, "tail upcasts");
+    std::fs::write(dir.path().join("bad.json"), r#"[{"event_type": "Paid"}]"#).unwrap();
+    let bad = dir.path().join("bad.json");
+    let (ok, _, err) = sirenia(
+        &place,
+        &["--upcasters", bad.to_str().unwrap(), "read", "pay-1"],
+    )
+    .await;
+    assert!(!ok && err.contains("bad.json"), "{err}");
+
+    // Lifecycle changes write: an embedded store must not be held by this process.
+    if matches!(place.store, AnyStore::Sqlite(_)) {
+        place.store = AnyStore::from(sirenia::InMemoryStore::new());
+    }
+    let (ok, out, err) = sirenia(&place, &["truncate", "pay-1", "--before", "1"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("active, version 3, readable from revision 1"),
+        "{out}"
+    );
+    let (ok, out, _) = sirenia(&place, &["read", "pay-1", "--json"]).await;
+    assert!(ok);
+    let revisions: Vec<u64> = json_lines(&out)
+        .iter()
+        .map(|l| l["revision"].as_u64().unwrap())
+        .collect();
+    assert_eq!(revisions, vec![1, 2], "truncated revisions are not read");
+    let (ok, _, err) = sirenia(&place, &["truncate", "pay-1", "--before", "9"]).await;
+    assert!(!ok && err.contains("past the end"), "{err}");
+    let (ok, out, err) = sirenia(&place, &["delete", "order-1"]).await;
+    assert!(ok && out.contains("deleted"), "{out}{err}");
+    let (ok, _, err) = sirenia(&place, &["read", "order-1"]).await;
+    assert!(!ok && err.contains("no stream order-1"), "{err}");
+    let (ok, _, err) = sirenia(&place, &["tombstone", "order-2", "--expected", "5"]).await;
+    assert!(!ok && err.contains("conflict"), "{err}");
+    let (ok, out, err) = sirenia(&place, &["tombstone", "order-2", "--expected", "1"]).await;
+    assert!(ok && out.contains("tombstoned"), "{out}{err}");
+    let (ok, _, err) = sirenia(&place, &["read", "order-2"]).await;
+    assert!(!ok && err.contains("tombstoned"), "{err}");
+    let (ok, _, err) = sirenia(&place, &["delete", "order-2"]).await;
+    assert!(!ok && err.contains("tombstoned"), "{err}");
 }

@@ -241,7 +241,7 @@ impl<E: DomainEvent> Default for JsonCodec<E> {
     }
 }
 
-fn is_json(content_type: &str) -> bool {
+pub(crate) fn is_json(content_type: &str) -> bool {
     let essence = content_type.split(';').next().unwrap_or("").trim();
     essence.eq_ignore_ascii_case(JSON_CONTENT_TYPE)
 }

@@ -253,6 +253,9 @@ pub enum StoreError {
         /// Its first readable revision.
         readable_from: u64,
     },
+    /// An event read could not be upcast (see [`upcasting`](crate::upcasting)).
+    #[error("an event read could not be upcast: {0}")]
+    Upcast(#[source] CodecError),
     /// The store was closed.
     #[error("the store is closed")]
     Closed,
@@ -324,6 +327,16 @@ pub enum CodecError {
         /// The schema version it was given.
         schema_version: u16,
         /// What it said.
+        message: String,
+    },
+    /// A declared upcast rule is invalid.
+    #[error("upcast rule for {event_type} v{schema_version} is invalid: {message}")]
+    InvalidRule {
+        /// The type the rule is for.
+        event_type: String,
+        /// The version the rule is for.
+        schema_version: u16,
+        /// What is wrong.
         message: String,
     },
     /// An upcaster chain did not end within [`MAX_UPCAST_STEPS`](crate::limits::MAX_UPCAST_STEPS).

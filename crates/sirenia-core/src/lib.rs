@@ -97,6 +97,7 @@ pub mod process;
 pub mod projection;
 pub mod snapshot;
 pub mod store;
+pub mod upcasting;
 
 pub use aggregate::{Aggregate, CommandContext, Executed, Loaded, Repository};
 pub use codec::{DomainEvent, EncodedEvent, Envelope, JsonCodec, RawEvent, Upcasters};

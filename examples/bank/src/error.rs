@@ -103,6 +103,16 @@ pub fn store_error(e: &StoreError) -> ApiError {
                 "the event store is not accepting writes; try again later",
             )
         }
+        StoreError::StreamTombstoned { .. } => ApiError::new(
+            StatusCode::GONE,
+            "account_deleted",
+            "the account's history was deleted for good",
+        ),
+        StoreError::StreamTruncated { .. } => ApiError::new(
+            StatusCode::CONFLICT,
+            "history_truncated",
+            "the account's early events were truncated and no snapshot covers them",
+        ),
         _ => ApiError::internal(e),
     }
 }
@@ -150,5 +160,30 @@ pub fn command_error(e: &CommandError<AccountError>) -> ApiError {
         CommandError::InvalidId(_) => ApiError::bad_request("invalid_id", "not a valid account id"),
         CommandError::Store(e) => store_error(e),
         other => ApiError::internal(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_refusals_are_4xx_with_their_codes() {
+        let stream = sirenia::StreamId::new("account-1").expect("valid");
+        let gone = store_error(&StoreError::StreamTombstoned {
+            stream: stream.clone(),
+        });
+        assert_eq!(
+            (gone.status, gone.body()["error"].clone()),
+            (StatusCode::GONE, json!("account_deleted"))
+        );
+        let cut = store_error(&StoreError::StreamTruncated {
+            stream,
+            readable_from: 3,
+        });
+        assert_eq!(
+            (cut.status, cut.body()["error"].clone()),
+            (StatusCode::CONFLICT, json!("history_truncated"))
+        );
     }
 }
