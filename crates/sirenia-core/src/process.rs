@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::aggregate::{Aggregate, CommandContext, Repository};
 use crate::error::{CommandError, StoreError};
 use crate::event::RecordedEvent;
-use crate::id::{Position, StreamId, Timestamp};
+use crate::id::{EventId, Position, StreamId, Timestamp};
 use crate::projection::{Handler, HandlerError};
 use crate::store::{EventFilter, EventStore, Subscribe, SubscriptionItem};
 
@@ -127,15 +127,28 @@ where
             .codec()
             .decode_with(recorded, |e| events.push(e))?;
         for (index, event) in events.iter().enumerate() {
+            // One id per decoded event: an upcaster may split a stored event in several.
+            let outcome_id = step_command_id(
+                recorded,
+                &format!("sirenia.outcome.{}.{index}", P::CATEGORY),
+            );
+            // Delivered again (at least once) after its outcome was recorded: the step must
+            // not run again. Re-deciding it now could give another answer (a refused debit
+            // may succeed later) that the process, having moved on, would never record.
+            if self
+                .processes
+                .store()
+                .event_by_id(EventId::derived(outcome_id, 0))
+                .await?
+                .is_some()
+            {
+                continue;
+            }
             let Some(outcome) = self.reactor.react(&id, &state, event, recorded).await? else {
                 continue;
             };
-            // One id per decoded event: an upcaster may split a stored event in several.
             let context = CommandContext::new()
-                .command_id(step_command_id(
-                    recorded,
-                    &format!("sirenia.outcome.{}.{index}", P::CATEGORY),
-                ))
+                .command_id(outcome_id)
                 .causation_id(recorded.id.to_string());
             let context = match &recorded.metadata.correlation_id {
                 Some(c) => context.correlation_id(c.clone()),

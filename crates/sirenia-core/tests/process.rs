@@ -202,3 +202,170 @@ async fn a_process_started_by_an_event_starts_once_however_often_it_is_delivered
         assert_eq!((loaded.version, loaded.state.started), (1, 1), "{user}");
     }
 }
+
+/// A stock of items; taking more than there is is refused.
+#[derive(Default)]
+struct Stock {
+    items: u32,
+}
+
+#[derive(Clone, Debug)]
+enum StockCommand {
+    Add(u32),
+    Take(u32),
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+enum StockEvent {
+    Added(u32),
+    Taken(u32),
+}
+
+impl DomainEvent for StockEvent {}
+
+#[derive(Debug, thiserror::Error)]
+#[error("not enough stock")]
+struct OutOfStock;
+
+impl Aggregate for Stock {
+    const CATEGORY: &'static str = "stock";
+    type Command = StockCommand;
+    type Event = StockEvent;
+    type Error = OutOfStock;
+
+    fn apply(&mut self, event: &StockEvent) {
+        match event {
+            StockEvent::Added(n) => self.items += n,
+            StockEvent::Taken(n) => self.items -= n,
+        }
+    }
+
+    fn handle(&self, command: StockCommand) -> Result<Vec<StockEvent>, OutOfStock> {
+        match command {
+            StockCommand::Add(n) => Ok(vec![StockEvent::Added(n)]),
+            StockCommand::Take(n) if n > self.items => Err(OutOfStock),
+            StockCommand::Take(n) => Ok(vec![StockEvent::Taken(n)]),
+        }
+    }
+}
+
+/// An order process: placed → reserved or rejected.
+#[derive(Default)]
+struct Order {
+    state: u8,
+}
+
+#[derive(Clone, Debug)]
+enum OrderCommand {
+    Place,
+    Reserved,
+    Rejected,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+enum OrderEvent {
+    Placed,
+    Reserved,
+    Rejected,
+}
+
+impl DomainEvent for OrderEvent {}
+
+#[derive(Debug, thiserror::Error)]
+#[error("out of order")]
+struct OutOfOrder;
+
+impl Aggregate for Order {
+    const CATEGORY: &'static str = "order";
+    type Command = OrderCommand;
+    type Event = OrderEvent;
+    type Error = OutOfOrder;
+
+    fn apply(&mut self, event: &OrderEvent) {
+        self.state = match event {
+            OrderEvent::Placed => 1,
+            OrderEvent::Reserved | OrderEvent::Rejected => 2,
+        };
+    }
+
+    fn handle(&self, command: OrderCommand) -> Result<Vec<OrderEvent>, OutOfOrder> {
+        match (command, self.state) {
+            (OrderCommand::Place, 0) => Ok(vec![OrderEvent::Placed]),
+            (OrderCommand::Reserved, 1) => Ok(vec![OrderEvent::Reserved]),
+            (OrderCommand::Rejected, 1) => Ok(vec![OrderEvent::Rejected]),
+            _ => Err(OutOfOrder),
+        }
+    }
+}
+
+impl ProcessManager for Order {}
+
+struct Reserve {
+    stock: Arc<Repository<Stock, InMemoryStore>>,
+}
+
+impl sirenia_core::process::Reactor<Order> for Reserve {
+    async fn react(
+        &self,
+        _id: &str,
+        _state: &Order,
+        event: &OrderEvent,
+        recorded: &sirenia_core::RecordedEvent,
+    ) -> Result<Option<OrderCommand>, sirenia_core::projection::HandlerError> {
+        if *event != OrderEvent::Placed {
+            return Ok(None);
+        }
+        let context = sirenia_core::CommandContext::new()
+            .command_id(sirenia_core::process::step_command_id(recorded, "reserve"));
+        Ok(Some(
+            match self
+                .stock
+                .execute_with("s1", StockCommand::Take(5), &context)
+                .await
+            {
+                Ok(_) => OrderCommand::Reserved,
+                Err(sirenia_core::CommandError::Rejected(_)) => OrderCommand::Rejected,
+                Err(e) => return Err(Box::new(e)),
+            },
+        ))
+    }
+}
+
+/// A step refused (out of stock), its outcome recorded, then delivered again after the stock
+/// was filled: the step must not run again — the process has moved on and would never record
+/// what a second run did (the stock would lose items to a rejected order).
+#[tokio::test]
+async fn a_step_whose_outcome_was_recorded_does_not_run_again_on_redelivery() {
+    use futures_util::TryStreamExt;
+    use sirenia_core::projection::Handler;
+    use sirenia_core::{EventStore, ReadStream, StreamId};
+
+    let store = InMemoryStore::new();
+    let orders = Arc::new(Repository::<Order, _>::new(store.clone()));
+    let stock = Arc::new(Repository::<Stock, _>::new(store.clone()));
+    orders.execute("o1", OrderCommand::Place).await.unwrap();
+    let placed: Vec<sirenia_core::RecordedEvent> = store
+        .read_stream(&StreamId::new("order-o1").unwrap(), ReadStream::forward())
+        .try_collect()
+        .await
+        .unwrap();
+    let mut runner = sirenia_core::process::ProcessRunner::new(
+        orders.clone(),
+        Reserve {
+            stock: stock.clone(),
+        },
+    );
+    runner.handle(&placed[0]).await.unwrap();
+    assert_eq!(orders.load("o1").await.unwrap().version, 2, "rejected");
+    stock.execute("s1", StockCommand::Add(10)).await.unwrap();
+    // Delivered again, as after a crash before the checkpoint moved.
+    runner.handle(&placed[0]).await.unwrap();
+    let left = stock.load("s1").await.unwrap();
+    assert_eq!(
+        (left.state.items, left.version),
+        (10, 1),
+        "the refused step ran again"
+    );
+    let order = orders.load("o1").await.unwrap();
+    assert_eq!((order.state.state, order.version), (2, 2));
+}
