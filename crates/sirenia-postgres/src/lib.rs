@@ -132,6 +132,8 @@ impl std::fmt::Debug for PostgresStore {
 /// The statements, with the schema filled in.
 struct Sql {
     append: String,
+    append_one: String,
+    append_batch: String,
     select: String,
     by_id: String,
     by_ids: String,
@@ -155,7 +157,44 @@ impl Sql {
             "SELECT position, stream_id, revision, event_id, event_type, schema_version, \
              content_type, data::text, data_bytes, metadata::text, recorded_at FROM {s}.events"
         );
+        // One write in plain SQL (no function call): the stream row is inserted (new stream, when
+        // the expectation allows one: otherwise its version is NULL, which the table refuses)
+        // or moved on (existing row, active, expectation met); the events are inserted only if
+        // it was. No row back means: decide again with the append function. Positions are
+        // `xid << 20` + index, as the function makes them (an autocommit statement is its own
+        // transaction, so no earlier append shares the xid).
+        let upsert = format!(
+            "WITH up AS (
+                INSERT INTO {s}.streams AS st (stream_id, version)
+                VALUES ($1, CASE WHEN ($2::integer = 0 OR $2::integer = 1 OR ($2::integer = 3 AND $3::bigint = 0))
+                                  AND pg_current_xact_id()::text::bigint < (1::bigint << 43)
+                             THEN $4::bigint END)
+                ON CONFLICT (stream_id) DO UPDATE SET version = st.version + $4::bigint
+                    WHERE st.status = 0
+                      AND pg_current_xact_id()::text::bigint < (1::bigint << 43)
+                      AND CASE $2::integer WHEN 0 THEN true WHEN 1 THEN st.version = 0
+                                  WHEN 2 THEN st.version > 0 ELSE st.version = $3::bigint END
+                RETURNING st.version - $4::bigint AS cur
+            )"
+        );
+        let columns = "position, stream_id, revision, event_id, event_type, schema_version, \
+                       content_type, data, data_bytes, metadata";
         Sql {
+            append_one: format!(
+                "{upsert} INSERT INTO {s}.events ({columns}) \
+                 SELECT pg_current_xact_id()::text::bigint << 20, $1, up.cur, $5, $6, $7, $8, \
+                        $9::text::jsonb, $10, $11::text::jsonb FROM up \
+                 RETURNING revision, position"
+            ),
+            append_batch: format!(
+                "{upsert}, ins AS (INSERT INTO {s}.events ({columns}) \
+                 SELECT (pg_current_xact_id()::text::bigint << 20) + e.ord - 1, $1, \
+                        up.cur + e.ord - 1, e.id, e.ty, e.ver, e.ct, e.js, e.bs, e.md \
+                 FROM up, unnest($5::uuid[], $6::text[], $7::integer[], $8::text[], \
+                                 $9::text[]::jsonb[], $10::bytea[], $11::text[]::jsonb[]) \
+                      WITH ORDINALITY AS e(id, ty, ver, ct, js, bs, md, ord)) \
+                 SELECT up.cur, pg_current_xact_id()::text::bigint << 20 FROM up"
+            ),
             append: format!(
                 "SELECT base, firsts FROM {s}.append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
                  $11::text[]::jsonb[], $12, $13::text[]::jsonb[])"
@@ -230,6 +269,21 @@ fn decode_info(row: &Row) -> Result<Option<StreamInfo>, StoreError> {
         status: StreamStatus::from_code(i64::from(status))?,
     };
     Ok((info.version > 0 || info.has_lifecycle()).then_some(info))
+}
+
+/// An event's metadata as the JSON text stored (`None`: empty). Validated before any I/O, so
+/// it encodes.
+fn metadata_json(metadata: &Metadata) -> Option<String> {
+    if metadata.is_empty() {
+        return None;
+    }
+    Some(
+        metadata
+            .to_json()
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_else(|| "{}".to_owned()),
+    )
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -325,6 +379,8 @@ enum CallError {
     },
     /// An event id is already stored.
     DuplicateId,
+    /// The plain-SQL path did not append: decide with the append function.
+    Recheck,
     /// Write `index` (0-based) is to a tombstoned stream.
     Tombstoned {
         index: usize,
@@ -613,6 +669,129 @@ impl PostgresStore {
         result
     }
 
+    /// One write with events in one plain-SQL statement (outside a caller's transaction).
+    /// `Recheck` when it did not append (an expectation, a soft-deleted or tombstoned stream,
+    /// a new stream the expectation refuses): the append function then decides.
+    async fn call_one(
+        &self,
+        client: &impl GenericClient,
+        write: &StreamWrite,
+    ) -> Result<AppendResult, CallError> {
+        let (kind, version) = match write.expected {
+            ExpectedVersion::Any => (0i32, 0i64),
+            ExpectedVersion::NoStream => (1, 0),
+            ExpectedVersion::StreamExists => (2, 0),
+            ExpectedVersion::Exact(v) => (3, to_i64(v)),
+        };
+        let count = write.events.len() as u64;
+        let n = to_i64(count);
+        let sql = &self.shared.sql;
+        let result = if let [event] = &write.events[..] {
+            let (json, raw) = match storable_json(&event.content_type, &event.data) {
+                Some(text) => (Some(text), None),
+                None => (None, Some(event.data.as_ref())),
+            };
+            let metadata = metadata_json(&event.metadata);
+            let version_i32 = i32::from(event.schema_version);
+            let statement = client
+                .prepare_cached(&sql.append_one)
+                .await
+                .map_err(|e| CallError::Store(pg_error(e)))?;
+            client
+                .query_opt(
+                    &statement,
+                    &[
+                        &write.stream.as_str(),
+                        &kind,
+                        &version,
+                        &n,
+                        event.id.as_uuid(),
+                        &event.event_type.as_str(),
+                        &version_i32,
+                        &event.content_type.as_str(),
+                        &json,
+                        &raw,
+                        &metadata,
+                    ],
+                )
+                .await
+        } else {
+            let ids: Vec<uuid::Uuid> = write.events.iter().map(|e| *e.id.as_uuid()).collect();
+            let types: Vec<&str> = write.events.iter().map(|e| e.event_type.as_str()).collect();
+            let versions: Vec<i32> = write
+                .events
+                .iter()
+                .map(|e| i32::from(e.schema_version))
+                .collect();
+            let content_types: Vec<&str> = write
+                .events
+                .iter()
+                .map(|e| e.content_type.as_str())
+                .collect();
+            let (mut json, mut raw): (Vec<Option<&str>>, Vec<Option<&[u8]>>) = (
+                Vec::with_capacity(write.events.len()),
+                Vec::with_capacity(write.events.len()),
+            );
+            for event in &write.events {
+                match storable_json(&event.content_type, &event.data) {
+                    Some(text) => {
+                        json.push(Some(text));
+                        raw.push(None);
+                    }
+                    None => {
+                        json.push(None);
+                        raw.push(Some(event.data.as_ref()));
+                    }
+                }
+            }
+            let metadata: Vec<Option<String>> = write
+                .events
+                .iter()
+                .map(|e| metadata_json(&e.metadata))
+                .collect();
+            let statement = client
+                .prepare_cached(&sql.append_batch)
+                .await
+                .map_err(|e| CallError::Store(pg_error(e)))?;
+            client
+                .query_opt(
+                    &statement,
+                    &[
+                        &write.stream.as_str(),
+                        &kind,
+                        &version,
+                        &n,
+                        &ids,
+                        &types,
+                        &versions,
+                        &content_types,
+                        &json,
+                        &raw,
+                        &metadata,
+                    ],
+                )
+                .await
+        };
+        let row = match result {
+            Ok(Some(row)) => row,
+            Ok(None) => return Err(CallError::Recheck),
+            Err(e) => return Err(classify_error(e)),
+        };
+        let (first, base): (i64, i64) = (row.get(0), row.get(1));
+        let first =
+            u64::try_from(first).map_err(|_| CallError::Store(corrupt("revision", first)))?;
+        let base = u64::try_from(base).map_err(|_| CallError::Store(corrupt("position", base)))?;
+        Ok(AppendResult {
+            streams: vec![StreamAppended {
+                stream: write.stream.clone(),
+                first_revision: first,
+                version: first + count,
+                first_position: Some(Position(base)),
+                last_position: Some(Position(base + count - 1)),
+            }],
+        })
+    }
+
     async fn call(
         &self,
         client: &impl GenericClient,
@@ -660,18 +839,7 @@ impl PostgresStore {
                         raw.push(Some(event.data.as_ref()));
                     }
                 }
-                metadata.push(if event.metadata.is_empty() {
-                    None
-                } else {
-                    Some(
-                        event
-                            .metadata
-                            .to_json()
-                            .ok()
-                            .and_then(|b| String::from_utf8(b).ok())
-                            .unwrap_or_else(|| "{}".to_owned()),
-                    )
-                });
+                metadata.push(metadata_json(&event.metadata));
             }
         }
         let statement = client
@@ -731,11 +899,22 @@ impl PostgresStore {
         guard: Guard,
     ) -> Result<AppendResult, StoreError> {
         let all: Vec<&StreamWrite> = writes.iter().collect();
-        match self.guarded_call(client, &all, guard).await {
+        let first = match (&writes[..], guard) {
+            ([one], Guard::None) if !one.events.is_empty() => self.call_one(client, one).await,
+            _ => Err(CallError::Recheck),
+        };
+        let first = match first {
+            Err(CallError::Recheck) => self.guarded_call(client, &all, guard).await,
+            other => other,
+        };
+        match first {
             Ok(result) => return Ok(result),
             Err(CallError::Store(e)) => return Err(e),
             Err(
-                CallError::Conflict { .. } | CallError::DuplicateId | CallError::Tombstoned { .. },
+                CallError::Conflict { .. }
+                | CallError::DuplicateId
+                | CallError::Recheck
+                | CallError::Tombstoned { .. },
             ) => {}
         }
         // Rare paths: a conflict may be a repeat of an append that succeeded, and a stored id
@@ -819,7 +998,7 @@ impl PostgresStore {
                         actual: (actual > 0).then_some(actual),
                     });
                 }
-                Err(CallError::DuplicateId) => {}
+                Err(CallError::DuplicateId | CallError::Recheck) => {}
                 Err(CallError::Tombstoned { index }) => {
                     let write = new.get(index).ok_or_else(|| corrupt("tombstone", index))?;
                     return Err(StoreError::StreamTombstoned {
@@ -1007,6 +1186,12 @@ fn classify_error(e: tokio_postgres::Error) -> CallError {
             return CallError::Tombstoned {
                 index: i.saturating_sub(1),
             };
+        }
+        // The plain-SQL path proposes a NULL version for a new stream its expectation refuses.
+        if db.code() == &tokio_postgres::error::SqlState::NOT_NULL_VIOLATION
+            && db.column() == Some("version")
+        {
+            return CallError::Recheck;
         }
         if db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION
             && db.constraint() == Some("events_event_id")
