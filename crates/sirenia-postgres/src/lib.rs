@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{GenericClient, Pool};
 use sirenia_core::lifecycle::{
     StreamChange, StreamInfo, StreamStatus, append_target, decide_change,
 };
@@ -44,12 +44,15 @@ use sirenia_core::{
     StreamWrite, Timestamp,
 };
 use tokio::sync::watch;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
+mod connect;
 pub mod projection;
 mod schema;
 mod snapshots;
 
+use connect::Connector;
+pub use connect::TlsOptions;
 pub use snapshots::PostgresSnapshots;
 
 pub use projection::{PostgresCheckpoints, PostgresProjection, PostgresTarget};
@@ -80,6 +83,9 @@ pub struct PostgresOptions {
     pub pool_size: usize,
     /// How often a waiting subscription polls when no notification arrives.
     pub poll_interval: Duration,
+    /// TLS for every connection (feature `tls`). Without it, a URL with `sslmode=require`
+    /// gets TLS verified against the system's roots; otherwise connections are plain.
+    pub tls: Option<TlsOptions>,
 }
 
 impl Default for PostgresOptions {
@@ -88,6 +94,7 @@ impl Default for PostgresOptions {
             schema: DEFAULT_SCHEMA.to_owned(),
             pool_size: 16,
             poll_interval: Duration::from_millis(250),
+            tls: None,
         }
     }
 }
@@ -102,6 +109,7 @@ struct Shared {
     pool: Pool,
     /// How to open a connection outside the pool (projection targets hold one each).
     config: tokio_postgres::Config,
+    connector: Connector,
     schema: String,
     sql: Sql,
     wake: watch::Receiver<u64>,
@@ -398,11 +406,14 @@ impl PostgresStore {
     /// A connection of its own, outside the pool: it closes when the client is dropped, taking
     /// any session state (an advisory lock, a lock request still waiting) with it.
     pub(crate) async fn dedicated_client(&self) -> Result<tokio_postgres::Client, StoreError> {
-        let (client, connection) = self.shared.config.connect(NoTls).await.map_err(pg_error)?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(client)
+        let driven = self
+            .shared
+            .connector
+            .connect(&self.shared.config, None)
+            .await
+            .map_err(pg_error)?;
+        // The driver ends with the connection, when the client is dropped.
+        Ok(driven.client)
     }
 
     /// Connects to `url` with default options, creating or migrating the schema.
@@ -417,13 +428,8 @@ impl PostgresStore {
             tokio_postgres::Config::from_str(url).map_err(|e| StoreError::InvalidOptions {
                 message: format!("invalid PostgreSQL URL: {e}"),
             })?;
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let connector = Connector::new(options.tls.as_ref(), &config)?;
+        let manager = connector.manager(config.clone());
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .build()
@@ -440,12 +446,18 @@ impl PostgresStore {
         let wake_tx = Arc::new(wake_tx);
         let announce = Arc::new(tokio::sync::Notify::new());
         let dedicated = config.clone();
-        let listener = tokio::spawn(listen(config.clone(), channel.clone(), wake_tx.clone()));
-        let notifier = tokio::spawn(notify(config, channel, announce.clone()));
+        let listener = tokio::spawn(listen(
+            connector.clone(),
+            config.clone(),
+            channel.clone(),
+            wake_tx.clone(),
+        ));
+        let notifier = tokio::spawn(notify(connector.clone(), config, channel, announce.clone()));
         Ok(PostgresStore {
             shared: Arc::new(Shared {
                 pool,
                 config: dedicated,
+                connector,
                 sql: Sql::new(&options.schema),
                 schema: options.schema,
                 wake,
@@ -1205,62 +1217,50 @@ fn classify_error(e: tokio_postgres::Error) -> CallError {
 /// Sends one payload-free notification per burst of appends, on a connection of its own and
 /// outside the appends' transactions (a notifying transaction serializes commits).
 async fn notify(
+    connector: Connector,
     config: tokio_postgres::Config,
     channel: String,
     announce: Arc<tokio::sync::Notify>,
 ) {
     let sql = format!("NOTIFY {channel}");
     loop {
-        let Ok((client, connection)) = config.connect(NoTls).await else {
+        let Ok(driven) = connector.connect(&config, None).await else {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
-        let driver = tokio::spawn(connection);
         loop {
             announce.notified().await;
-            if client.batch_execute(&sql).await.is_err() {
+            if driven.client.batch_execute(&sql).await.is_err() {
                 break;
             }
             // Appends during this pause share the next notification.
             tokio::time::sleep(NOTIFY_COALESCE).await;
         }
-        driver.abort();
+        driven.driver.abort();
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
 /// Keeps a `LISTEN` connection open and bumps `wake` on every notification (and on every
 /// reconnect, since notifications may have been missed meanwhile).
-async fn listen(config: tokio_postgres::Config, channel: String, wake: Arc<watch::Sender<u64>>) {
+async fn listen(
+    connector: Connector,
+    config: tokio_postgres::Config,
+    channel: String,
+    wake: Arc<watch::Sender<u64>>,
+) {
     loop {
-        if let Ok((client, mut connection)) = config.connect(NoTls).await {
-            let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
-            let wake_for_driver = wake.clone();
-            let driver = tokio::spawn(async move {
-                let mut messages =
-                    futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-                use futures_util::StreamExt;
-                while let Some(message) = messages.next().await {
-                    match message {
-                        Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
-                            wake_for_driver.send_modify(|n| *n = n.wrapping_add(1));
-                        }
-                        Ok(_) => {}
-                        Err(_) => break,
-                    }
-                }
-                let _ = done_tx.send(());
-            });
-            if client
+        if let Ok(mut driven) = connector.connect(&config, Some(wake.clone())).await {
+            if driven
+                .client
                 .batch_execute(&format!("LISTEN {channel}"))
                 .await
                 .is_ok()
             {
                 wake.send_modify(|n| *n = n.wrapping_add(1));
-                let _ = (&mut done_rx).await;
+                let _ = (&mut driven.ended).await;
             }
-            driver.abort();
-            drop(client);
+            driven.driver.abort();
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

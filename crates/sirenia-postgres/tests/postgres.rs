@@ -472,3 +472,86 @@ async fn snapshots_in_the_schema_pass_the_snapshot_cases() {
     )
     .await;
 }
+
+/// Every connection over TLS when asked: the server's certificate is verified (against the
+/// server's own certificate file as the trusted root here), appends and reads work, the
+/// session is encrypted, and a server whose name does not match its certificate is refused.
+/// Needs `ssl = on` on the local server (Debian's default, with its snake-oil certificate for
+/// `localhost`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_are_verified_and_encrypted() {
+    let (client, connection) = tokio_postgres::connect(&common::url(), tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {} is needed: {e}", common::url()));
+    tokio::spawn(connection);
+    let setting = |name: &'static str| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one(&format!("SHOW {name}"), &[])
+                .await
+                .unwrap();
+            row.get::<_, String>(0)
+        }
+    };
+    assert_eq!(
+        setting("ssl").await,
+        "on",
+        "the TLS test needs ssl = on on the local PostgreSQL"
+    );
+    let mut cert = std::path::PathBuf::from(setting("ssl_cert_file").await);
+    if cert.is_relative() {
+        cert = std::path::PathBuf::from(setting("data_directory").await).join(cert);
+    }
+    let tls_url = std::env::var("SIRENIA_TEST_POSTGRES_TLS_URL").unwrap_or_else(|_| {
+        "postgresql://postgres@localhost:5432/test?hostaddr=127.0.0.1&sslmode=require".to_owned()
+    });
+    let schema = format!("sirenia_tls_{}", uuid::Uuid::now_v7().simple());
+    let _guard = common::SchemaGuard {
+        schema: schema.clone(),
+    };
+    let options = PostgresOptions {
+        schema,
+        pool_size: 2,
+        tls: Some(sirenia_postgres::TlsOptions {
+            root_certificates: Some(cert.clone()),
+        }),
+        ..PostgresOptions::default()
+    };
+    let store = PostgresStore::connect_with(&tls_url, options.clone())
+        .await
+        .unwrap_or_else(|e| panic!("a TLS connection to {tls_url} with {cert:?} as root: {e}"));
+    let stream = StreamId::new("tls-1").unwrap();
+    store
+        .append(vec![StreamWrite::new(
+            stream.clone(),
+            ExpectedVersion::NoStream,
+            vec![NewEvent::json("Sealed", &json!({ "secret": 42 }))],
+        )])
+        .await
+        .unwrap();
+    let read: Vec<_> = store
+        .read_stream(&stream, ReadStream::forward())
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 1);
+    let pooled = store.client().await.unwrap();
+    let encrypted: bool = pooled
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(encrypted, "the pooled session is not encrypted");
+    // The certificate names `localhost`; a connection to the address alone cannot verify it.
+    let by_address = tls_url.replace("@localhost", "@127.0.0.1");
+    assert_ne!(by_address, tls_url);
+    match PostgresStore::connect_with(&by_address, options).await {
+        Err(StoreError::Backend { .. }) => {}
+        Err(other) => panic!("an unverifiable server is a backend error, got {other:?}"),
+        Ok(_) => panic!("a server whose name does not match its certificate was accepted"),
+    }
+}
