@@ -11,6 +11,7 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod command_bench;
 mod postgres;
 mod projection_bench;
 mod report;
@@ -26,6 +27,8 @@ pub(crate) struct Scale {
     pub(crate) duration: Duration,
     /// How many events the read scenarios read.
     pub(crate) read_events: u64,
+    /// How many commands S4 runs per stream length.
+    pub(crate) commands: u64,
 }
 
 fn main() {
@@ -50,11 +53,13 @@ fn main() {
         Scale {
             duration: Duration::from_millis(500),
             read_events: 50_000,
+            commands: 40,
         }
     } else {
         Scale {
             duration: Duration::from_secs(5),
             read_events: 1_000_000,
+            commands: 1_000,
         }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

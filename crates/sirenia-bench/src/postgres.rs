@@ -202,7 +202,16 @@ pub(crate) async fn run(
     keep: &dyn Fn(&str) -> bool,
     rows: &mut Vec<Row>,
 ) -> BenchResult<()> {
-    if !keep("S1 postgres") && !keep("S2 postgres") && !keep("S8 postgres") {
+    if ![
+        "S1 postgres",
+        "S2 postgres",
+        "S4 postgres",
+        "S5 postgres",
+        "S8 postgres",
+    ]
+    .iter()
+    .any(|s| keep(s))
+    {
         return Ok(());
     }
     let id = Uuid::now_v7().simple().to_string();
@@ -279,6 +288,49 @@ pub(crate) async fn run(
                 Some(Goal::Rate(50_000.0)),
             ));
         }
+        if keep("S4 postgres") {
+            use crate::command_bench::{S4_LENGTHS, S4_STREAMS, command_cycle, prefill};
+            for length in S4_LENGTHS {
+                let scenario = "S4 postgres command cycle";
+                let m = raw_commands(&raw, S4_STREAMS, length, scale.commands).await?;
+                let raw_rate = m.rate();
+                rows.push(row(
+                    scenario,
+                    &format!("raw SELECT + INSERT, {length}-event streams"),
+                    m,
+                    None,
+                    None,
+                ));
+                let prefix = format!("s4l{length}-");
+                prefill(&store, &prefix, S4_STREAMS, length).await?;
+                let m = command_cycle(store.clone(), &prefix, S4_STREAMS, scale.commands).await?;
+                rows.push(row(
+                    scenario,
+                    &format!("sirenia repository, {length}-event streams"),
+                    m,
+                    Some(("raw", raw_rate)),
+                    None,
+                ));
+            }
+        }
+        if keep("S5 postgres") {
+            use crate::command_bench::{Spread, contention, prefill};
+            for (n, spread) in [Spread::Hot, Spread::Skewed].into_iter().enumerate() {
+                let prefix = format!("s5n{n}-");
+                prefill(&store, &prefix, 100, 1).await?;
+                let c = contention(store.clone(), &prefix, 8, spread, scale.duration).await?;
+                rows.push(row(
+                    "S5 postgres concurrent commands",
+                    &format!(
+                        "sirenia, 8 writers, {spread:?} stream(s): {} retries, {} gave up",
+                        c.retries, c.gave_up
+                    ),
+                    c.measurement,
+                    None,
+                    None,
+                ));
+            }
+        }
         if keep("S8 postgres") {
             fill(&store, scale.read_events).await?;
             let m = copy_scan(&ours).await?;
@@ -324,6 +376,69 @@ pub(crate) async fn run(
         ))
         .await?;
     result
+}
+
+/// Plain tokio-postgres doing S4's work: `streams` streams of `events` deposits, then `ops`
+/// commands round-robin, each reading its stream's rows (folding the amounts) and inserting the
+/// next revision (autocommit).
+async fn raw_commands(
+    schema: &str,
+    streams: u64,
+    events: u64,
+    ops: u64,
+) -> BenchResult<Measurement> {
+    let client = connect().await?;
+    let prefix = format!("account-raw{events}-");
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {schema}.events (stream_id, revision, event_id, event_type, \
+                 schema_version, content_type, data) \
+                 SELECT $1 || s, r, gen_random_uuid(), 'MoneyDeposited', 1, 'application/json', \
+                        '{{\"amount\": 1}}'::jsonb \
+                 FROM generate_series(0::bigint, $2::bigint - 1) s, generate_series(0::bigint, $3::bigint - 1) r"
+            ),
+            &[&prefix, &i64::try_from(streams)?, &i64::try_from(events)?],
+        )
+        .await?;
+    let select = client
+        .prepare(&format!(
+            "SELECT revision, data::text FROM {schema}.events WHERE stream_id = $1 \
+             ORDER BY revision"
+        ))
+        .await?;
+    let insert = client
+        .prepare(&format!(
+            "INSERT INTO {schema}.events (stream_id, revision, event_id, event_type, \
+             schema_version, content_type, data) \
+             VALUES ($1, $2, $3, 'MoneyDeposited', 1, 'application/json', $4::text::jsonb)"
+        ))
+        .await?;
+    let data = r#"{"amount": 1}"#;
+    let mut latency = histogram();
+    reset_peak_rss();
+    let start = Instant::now();
+    for k in 0..ops {
+        let t0 = Instant::now();
+        let stream = format!("{prefix}{}", k % streams);
+        let (mut balance, mut version) = (0i64, 0i64);
+        for row in client.query(&select, &[&stream]).await? {
+            version = row.get::<_, i64>(0) + 1;
+            let value: serde_json::Value = serde_json::from_str(row.get::<_, &str>(1))?;
+            balance += value["amount"].as_i64().unwrap_or(0);
+        }
+        std::hint::black_box(balance);
+        client
+            .execute(&insert, &[&stream, &version, &Uuid::now_v7(), &data])
+            .await?;
+        record(&mut latency, t0)?;
+    }
+    Ok(Measurement {
+        events: ops,
+        elapsed: start.elapsed(),
+        latency: Some(latency),
+        peak_rss: crate::report::peak_rss(),
+    })
 }
 
 /// Appends 1000-event batches until the log holds at least `events` events.

@@ -93,6 +93,69 @@ fn raw_writes(path: &Path, batch: u64, duration: Duration) -> BenchResult<Measur
     })
 }
 
+/// Plain SQLite doing S4's work: `streams` streams of `events` deposits, then `ops` commands
+/// round-robin, each reading its stream's rows (folding the amounts) and inserting the next
+/// revision in a synced transaction.
+fn raw_commands(path: &Path, streams: u64, events: u64, ops: u64) -> BenchResult<Measurement> {
+    let conn = raw_connection(path)?;
+    let data = serde_json::to_vec(&serde_json::json!({ "amount": 1 }))?;
+    conn.execute_batch("BEGIN")?;
+    {
+        let mut stmt = conn.prepare_cached(RAW_INSERT)?;
+        for s in 0..streams {
+            for r in 0..events {
+                stmt.execute(params![
+                    format!("account-raw{s}"),
+                    i64::try_from(r)?,
+                    Uuid::now_v7().as_bytes().as_slice(),
+                    "MoneyDeposited",
+                    data,
+                    0i64
+                ])?;
+            }
+        }
+    }
+    conn.execute_batch("COMMIT")?;
+    let mut latency = histogram();
+    reset_peak_rss();
+    let start = Instant::now();
+    for k in 0..ops {
+        let t0 = Instant::now();
+        let stream = format!("account-raw{}", k % streams);
+        let (mut balance, mut version) = (0i64, 0i64);
+        {
+            let mut select = conn.prepare_cached(
+                "SELECT revision, data FROM events WHERE stream_id = ?1 ORDER BY revision",
+            )?;
+            let mut rows = select.query([&stream])?;
+            while let Some(row) = rows.next()? {
+                version = row.get::<_, i64>(0)? + 1;
+                let data: Vec<u8> = row.get(1)?;
+                let value: serde_json::Value = serde_json::from_slice(&data)?;
+                balance += value["amount"].as_i64().unwrap_or(0);
+            }
+        }
+        std::hint::black_box(balance);
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        conn.prepare_cached(RAW_INSERT)?.execute(params![
+            stream,
+            version,
+            Uuid::now_v7().as_bytes().as_slice(),
+            "MoneyDeposited",
+            data,
+            0i64
+        ])?;
+        conn.execute_batch("COMMIT")?;
+        record(&mut latency, t0)?;
+    }
+    Ok(Measurement {
+        events: ops,
+        elapsed: start.elapsed(),
+        latency: Some(latency),
+        peak_rss: peak_rss(),
+    })
+}
+
 /// Sirenia: `writers` tasks appending `batch`-event appends for `duration`; each writer spreads
 /// its appends over 100 streams of its own.
 async fn sirenia_writes(
@@ -350,6 +413,59 @@ pub(crate) async fn run(
                 m,
                 Some(("plain SQLite", raw_rate)),
                 Some(Goal::Rate(1_000_000.0)),
+            ));
+        }
+    }
+
+    // S4: the command cycle (load, decide, append at the exact version) on streams of
+    // 1/10/100/1000 events, against plain SQLite reading the rows and inserting the next one.
+    if keep("S4") {
+        use crate::command_bench::{S4_LENGTHS, S4_STREAMS, command_cycle, prefill};
+        for length in S4_LENGTHS {
+            let scenario = "S4 sqlite command cycle";
+            let path = fresh("raw");
+            let ops = scale.commands;
+            let raw =
+                tokio::task::spawn_blocking(move || raw_commands(&path, S4_STREAMS, length, ops))
+                    .await??;
+            let raw_rate = raw.rate();
+            rows.push(row(
+                scenario,
+                &format!("plain SQLite read + insert, {length}-event streams"),
+                raw,
+                None,
+                None,
+            ));
+            let store = SqliteStore::open(fresh("s4")).await?;
+            prefill(&store, "s4-", S4_STREAMS, length).await?;
+            let m = command_cycle(store, "s4-", S4_STREAMS, ops).await?;
+            rows.push(row(
+                scenario,
+                &format!("sirenia repository, {length}-event streams"),
+                m,
+                Some(("plain SQLite", raw_rate)),
+                None,
+            ));
+        }
+    }
+
+    // S5: 8 writers running commands that conflict, on one hot stream and on a skewed spread;
+    // conflicts are retried by the repository (at most 10 times) and counted.
+    if keep("S5") {
+        use crate::command_bench::{Spread, contention, prefill};
+        for spread in [Spread::Hot, Spread::Skewed] {
+            let store = SqliteStore::open(fresh("s5")).await?;
+            prefill(&store, "s5-", 100, 1).await?;
+            let c = contention(store, "s5-", 8, spread, scale.duration).await?;
+            rows.push(row(
+                "S5 sqlite concurrent commands",
+                &format!(
+                    "sirenia, 8 writers, {spread:?} stream(s): {} retries, {} gave up",
+                    c.retries, c.gave_up
+                ),
+                c.measurement,
+                None,
+                None,
             ));
         }
     }

@@ -59,6 +59,8 @@ pub(crate) struct Paged<P: PageSource> {
     buffer: std::vec::IntoIter<RecordedEvent>,
     /// No page will follow the ones already received.
     at_end: bool,
+    /// Whether a page has come back (speculation starts then).
+    accepted: bool,
     /// A fetch failed: reported once the events fetched before it are delivered.
     error: Option<StoreError>,
     failed: bool,
@@ -77,6 +79,7 @@ impl<P: PageSource> Paged<P> {
             ready: VecDeque::new(),
             buffer: Vec::new().into_iter(),
             at_end: false,
+            accepted: false,
             error: None,
             failed: false,
         }
@@ -103,7 +106,13 @@ impl<P: PageSource> Paged<P> {
             }
             self.in_flight.push_back(self.source.fetch(at, want));
             self.in_flight_events += want;
-            self.next_request = self.source.speculate(at, want);
+            // Fetch ahead only once a page came back: most reads (an aggregate's stream) fit
+            // in their first page, and a speculative fetch past their end is a wasted query.
+            self.next_request = if self.accepted {
+                self.source.speculate(at, want)
+            } else {
+                None
+            };
         }
     }
 
@@ -119,6 +128,7 @@ impl<P: PageSource> Paged<P> {
             return;
         }
         self.expected = page.next;
+        self.accepted = true;
         match page.next {
             None => {
                 self.at_end = true;
