@@ -417,59 +417,6 @@ pub(crate) async fn run(
         }
     }
 
-    // S4: the command cycle (load, decide, append at the exact version) on streams of
-    // 1/10/100/1000 events, against plain SQLite reading the rows and inserting the next one.
-    if keep("S4") {
-        use crate::command_bench::{S4_LENGTHS, S4_STREAMS, command_cycle, prefill};
-        for length in S4_LENGTHS {
-            let scenario = "S4 sqlite command cycle";
-            let path = fresh("raw");
-            let ops = scale.commands;
-            let raw =
-                tokio::task::spawn_blocking(move || raw_commands(&path, S4_STREAMS, length, ops))
-                    .await??;
-            let raw_rate = raw.rate();
-            rows.push(row(
-                scenario,
-                &format!("plain SQLite read + insert, {length}-event streams"),
-                raw,
-                None,
-                None,
-            ));
-            let store = SqliteStore::open(fresh("s4")).await?;
-            prefill(&store, "s4-", S4_STREAMS, length).await?;
-            let m = command_cycle(store, "s4-", S4_STREAMS, ops).await?;
-            rows.push(row(
-                scenario,
-                &format!("sirenia repository, {length}-event streams"),
-                m,
-                Some(("plain SQLite", raw_rate)),
-                None,
-            ));
-        }
-    }
-
-    // S5: 8 writers running commands that conflict, on one hot stream and on a skewed spread;
-    // conflicts are retried by the repository (at most 10 times) and counted.
-    if keep("S5") {
-        use crate::command_bench::{Spread, contention, prefill};
-        for spread in [Spread::Hot, Spread::Skewed] {
-            let store = SqliteStore::open(fresh("s5")).await?;
-            prefill(&store, "s5-", 100, 1).await?;
-            let c = contention(store, "s5-", 8, spread, scale.duration).await?;
-            rows.push(row(
-                "S5 sqlite concurrent commands",
-                &format!(
-                    "sirenia, 8 writers, {spread:?} stream(s): {} retries, {} gave up",
-                    c.retries, c.gave_up
-                ),
-                c.measurement,
-                None,
-                None,
-            ));
-        }
-    }
-
     // S6: load a 10,000-event aggregate, replaying every event and from a snapshot taken every
     // 100 events.
     if keep("S6") {
@@ -534,6 +481,59 @@ pub(crate) async fn run(
             None,
             None,
         ));
+    }
+
+    // S4: the command cycle (load, decide, append at the exact version) on streams of
+    // 1/10/100/1000 events, against plain SQLite reading the rows and inserting the next one.
+    if keep("S4") {
+        use crate::command_bench::{S4_LENGTHS, S4_STREAMS, command_cycle, prefill};
+        for length in S4_LENGTHS {
+            let scenario = "S4 sqlite command cycle";
+            let path = fresh("raw");
+            let ops = scale.commands;
+            let raw =
+                tokio::task::spawn_blocking(move || raw_commands(&path, S4_STREAMS, length, ops))
+                    .await??;
+            let raw_rate = raw.rate();
+            rows.push(row(
+                scenario,
+                &format!("plain SQLite read + insert, {length}-event streams"),
+                raw,
+                None,
+                None,
+            ));
+            let store = SqliteStore::open(fresh("s4")).await?;
+            prefill(&store, "s4-", S4_STREAMS, length).await?;
+            let m = command_cycle(store, "s4-", S4_STREAMS, ops).await?;
+            rows.push(row(
+                scenario,
+                &format!("sirenia repository, {length}-event streams"),
+                m,
+                Some(("plain SQLite", raw_rate)),
+                None,
+            ));
+        }
+    }
+
+    // S5: 8 writers running commands that conflict, on one hot stream and on a skewed spread;
+    // conflicts are retried by the repository (at most 10 times) and counted.
+    if keep("S5") {
+        use crate::command_bench::{Spread, contention, prefill};
+        for spread in [Spread::Hot, Spread::Skewed] {
+            let store = SqliteStore::open(fresh("s5")).await?;
+            prefill(&store, "s5-", 100, 1).await?;
+            let c = contention(store, "s5-", 8, spread, scale.duration).await?;
+            rows.push(row(
+                "S5 sqlite concurrent commands",
+                &format!(
+                    "sirenia, 8 writers, {spread:?} stream(s): {} retries, {} gave up",
+                    c.retries, c.gave_up
+                ),
+                c.measurement,
+                None,
+                None,
+            ));
+        }
     }
     Ok(())
 }
