@@ -29,6 +29,7 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -120,6 +121,18 @@ struct Shared {
     listener: tokio::task::JoinHandle<()>,
     notifier: tokio::task::JoinHandle<()>,
     poll_interval: Duration,
+    /// Appends done by the one-statement path and by the append function.
+    one_statement: std::sync::atomic::AtomicU64,
+    by_function: std::sync::atomic::AtomicU64,
+}
+
+/// How this process's appends were done (see [`PostgresStore::append_paths`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AppendPaths {
+    /// Appends done by one plain-SQL statement.
+    pub one_statement: u64,
+    /// Appends (or attempts) that went to the append function.
+    pub by_function: u64,
 }
 
 impl Drop for Shared {
@@ -140,8 +153,10 @@ impl std::fmt::Debug for PostgresStore {
 /// The statements, with the schema filled in.
 struct Sql {
     append: String,
-    append_one: String,
-    append_batch: String,
+    /// One write of one event in plain SQL: `[0]` may create the stream, `[1]` needs it.
+    append_one: [String; 2],
+    /// The same for a write of several events.
+    append_batch: [String; 2],
     select: String,
     by_id: String,
     by_ids: String,
@@ -165,44 +180,58 @@ impl Sql {
             "SELECT position, stream_id, revision, event_id, event_type, schema_version, \
              content_type, data::text, data_bytes, metadata::text, recorded_at FROM {s}.events"
         );
-        // One write in plain SQL (no function call): the stream row is inserted (new stream, when
-        // the expectation allows one: otherwise its version is NULL, which the table refuses)
-        // or moved on (existing row, active, expectation met); the events are inserted only if
-        // it was. No row back means: decide again with the append function. Positions are
-        // `xid << 20` + index, as the function makes them (an autocommit statement is its own
-        // transaction, so no earlier append shares the xid).
+        // One write in plain SQL (no function call). Expectations a new stream satisfies (any,
+        // no stream, exactly 0) upsert the stream's row: a new row, or the existing one moved
+        // on if active and at the expected version. The others (stream exists, exactly n > 0)
+        // only update an existing active row at the expected version. The events are inserted
+        // only if the row moved. No row back means: decide again with the append function.
+        // Positions are `xid << 20` + index, as the function makes them (an autocommit statement
+        // is its own transaction, so no earlier append shares the xid); past 2^43 the version
+        // is NULL or the row is left alone, and the function raises the error.
+        let xid_ok = "pg_current_xact_id()::text::bigint < (1::bigint << 43)";
         let upsert = format!(
             "WITH up AS (
                 INSERT INTO {s}.streams AS st (stream_id, version)
-                VALUES ($1, CASE WHEN ($2::integer = 0 OR $2::integer = 1 OR ($2::integer = 3 AND $3::bigint = 0))
-                                  AND pg_current_xact_id()::text::bigint < (1::bigint << 43)
-                             THEN $4::bigint END)
+                VALUES ($1, CASE WHEN {xid_ok} THEN $4::bigint END)
                 ON CONFLICT (stream_id) DO UPDATE SET version = st.version + $4::bigint
-                    WHERE st.status = 0
-                      AND pg_current_xact_id()::text::bigint < (1::bigint << 43)
-                      AND CASE $2::integer WHEN 0 THEN true WHEN 1 THEN st.version = 0
-                                  WHEN 2 THEN st.version > 0 ELSE st.version = $3::bigint END
+                    WHERE st.status = 0 AND {xid_ok}
+                      AND CASE $2::integer WHEN 0 THEN true ELSE st.version = $3::bigint END
+                RETURNING st.version - $4::bigint AS cur
+            )"
+        );
+        let update = format!(
+            "WITH up AS (
+                UPDATE {s}.streams AS st SET version = st.version + $4::bigint
+                WHERE st.stream_id = $1 AND st.status = 0 AND {xid_ok}
+                  AND CASE $2::integer WHEN 2 THEN st.version > 0
+                                      ELSE st.version = $3::bigint END
                 RETURNING st.version - $4::bigint AS cur
             )"
         );
         let columns = "position, stream_id, revision, event_id, event_type, schema_version, \
                        content_type, data, data_bytes, metadata";
-        Sql {
-            append_one: format!(
-                "{upsert} INSERT INTO {s}.events ({columns}) \
+        let one = |cte: &str| {
+            format!(
+                "{cte} INSERT INTO {s}.events ({columns}) \
                  SELECT pg_current_xact_id()::text::bigint << 20, $1, up.cur, $5, $6, $7, $8, \
                         $9::text::jsonb, $10, $11::text::jsonb FROM up \
                  RETURNING revision, position"
-            ),
-            append_batch: format!(
-                "{upsert}, ins AS (INSERT INTO {s}.events ({columns}) \
+            )
+        };
+        let batch = |cte: &str| {
+            format!(
+                "{cte}, ins AS (INSERT INTO {s}.events ({columns}) \
                  SELECT (pg_current_xact_id()::text::bigint << 20) + e.ord - 1, $1, \
                         up.cur + e.ord - 1, e.id, e.ty, e.ver, e.ct, e.js, e.bs, e.md \
                  FROM up, unnest($5::uuid[], $6::text[], $7::integer[], $8::text[], \
                                  $9::text[]::jsonb[], $10::bytea[], $11::text[]::jsonb[]) \
                       WITH ORDINALITY AS e(id, ty, ver, ct, js, bs, md, ord)) \
                  SELECT up.cur, pg_current_xact_id()::text::bigint << 20 FROM up"
-            ),
+            )
+        };
+        Sql {
+            append_one: [one(&upsert), one(&update)],
+            append_batch: [batch(&upsert), batch(&update)],
             append: format!(
                 "SELECT base, firsts FROM {s}.append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
                  $11::text[]::jsonb[], $12, $13::text[]::jsonb[])"
@@ -466,8 +495,19 @@ impl PostgresStore {
                 listener,
                 notifier,
                 poll_interval: options.poll_interval,
+                one_statement: std::sync::atomic::AtomicU64::new(0),
+                by_function: std::sync::atomic::AtomicU64::new(0),
             }),
         })
+    }
+
+    /// How many of this process's appends took the one-statement path and how many went to
+    /// the append function (multi-stream writes, caller transactions, refusals, lifecycle).
+    pub fn append_paths(&self) -> AppendPaths {
+        AppendPaths {
+            one_statement: self.shared.one_statement.load(Ordering::Relaxed),
+            by_function: self.shared.by_function.load(Ordering::Relaxed),
+        }
     }
 
     /// The schema holding the tables.
@@ -698,6 +738,11 @@ impl PostgresStore {
         let count = write.events.len() as u64;
         let n = to_i64(count);
         let sql = &self.shared.sql;
+        // Which statement: one that may create the stream, or one that needs it.
+        let variant = match write.expected {
+            ExpectedVersion::Any | ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => 0,
+            ExpectedVersion::StreamExists | ExpectedVersion::Exact(_) => 1,
+        };
         let result = if let [event] = &write.events[..] {
             let (json, raw) = match storable_json(&event.content_type, &event.data) {
                 Some(text) => (Some(text), None),
@@ -706,7 +751,7 @@ impl PostgresStore {
             let metadata = metadata_json(&event.metadata);
             let version_i32 = i32::from(event.schema_version);
             let statement = client
-                .prepare_cached(&sql.append_one)
+                .prepare_cached(&sql.append_one[variant])
                 .await
                 .map_err(|e| CallError::Store(pg_error(e)))?;
             client
@@ -762,7 +807,7 @@ impl PostgresStore {
                 .map(|e| metadata_json(&e.metadata))
                 .collect();
             let statement = client
-                .prepare_cached(&sql.append_batch)
+                .prepare_cached(&sql.append_batch[variant])
                 .await
                 .map_err(|e| CallError::Store(pg_error(e)))?;
             client
@@ -916,8 +961,14 @@ impl PostgresStore {
             _ => Err(CallError::Recheck),
         };
         let first = match first {
-            Err(CallError::Recheck) => self.guarded_call(client, &all, guard).await,
-            other => other,
+            Err(CallError::Recheck) => {
+                self.shared.by_function.fetch_add(1, Ordering::Relaxed);
+                self.guarded_call(client, &all, guard).await
+            }
+            other => {
+                self.shared.one_statement.fetch_add(1, Ordering::Relaxed);
+                other
+            }
         };
         match first {
             Ok(result) => return Ok(result),
@@ -1199,7 +1250,7 @@ fn classify_error(e: tokio_postgres::Error) -> CallError {
                 index: i.saturating_sub(1),
             };
         }
-        // The plain-SQL path proposes a NULL version for a new stream its expectation refuses.
+        // The plain-SQL path proposes a NULL version past the position range (see `Sql`).
         if db.code() == &tokio_postgres::error::SqlState::NOT_NULL_VIOLATION
             && db.column() == Some("version")
         {

@@ -555,3 +555,65 @@ async fn tls_connections_are_verified_and_encrypted() {
         Ok(_) => panic!("a server whose name does not match its certificate was accepted"),
     }
 }
+
+/// Single-stream appends outside a transaction take one plain-SQL statement whatever their
+/// expectation, when it holds; refusals and multi-stream appends go to the append function.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_take_one_statement_when_they_can() {
+    let store = common::fresh_store().await;
+    let inner = store.store().clone();
+    let s = StreamId::new("paths-1").unwrap();
+    let one =
+        |expected| StreamWrite::new(s.clone(), expected, vec![NewEvent::json("E", &json!({}))]);
+    for expected in [
+        ExpectedVersion::NoStream,
+        ExpectedVersion::Exact(1),
+        ExpectedVersion::Any,
+        ExpectedVersion::StreamExists,
+    ] {
+        inner.append(vec![one(expected)]).await.unwrap();
+    }
+    let batch = StreamWrite::new(
+        s.clone(),
+        ExpectedVersion::Exact(4),
+        vec![
+            NewEvent::json("E", &json!({})),
+            NewEvent::json("E", &json!({})),
+        ],
+    );
+    inner.append(vec![batch]).await.unwrap();
+    let paths = inner.append_paths();
+    assert_eq!(
+        (paths.one_statement, paths.by_function),
+        (5, 0),
+        "every append whose expectation held took one statement"
+    );
+    let refused = inner.append(vec![one(ExpectedVersion::Exact(1))]).await;
+    assert!(
+        matches!(
+            refused,
+            Err(StoreError::Conflict {
+                actual: Some(6),
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let t = StreamId::new("paths-2").unwrap();
+    inner
+        .append(vec![
+            one(ExpectedVersion::Exact(6)),
+            StreamWrite::new(
+                t,
+                ExpectedVersion::NoStream,
+                vec![NewEvent::json("E", &json!({}))],
+            ),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        inner.append_paths().by_function,
+        2,
+        "a refusal and a multi-stream append"
+    );
+}
