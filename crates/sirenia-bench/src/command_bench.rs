@@ -14,7 +14,7 @@ use crate::report::{BenchResult, Measurement, histogram, peak_rss, record, reset
 /// Stream lengths S4 runs on.
 pub(crate) const S4_LENGTHS: [u64; 4] = [1, 10, 100, 1000];
 /// Streams per S4 length: commands go round-robin over them, so each grows by a few events only.
-pub(crate) const S4_STREAMS: u64 = 20;
+pub(crate) const S4_STREAMS: u64 = 100;
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Account {

@@ -2,16 +2,19 @@
 //! the same machine in the same run, and reports the ratio.
 //!
 //! ```text
-//! cargo run --release -p sirenia-bench -- [--quick] [--only NAME]
+//! cargo run --release -p sirenia-bench -- [--quick] [--only NAME] [--peers | --no-peers]
 //! ```
 //!
 //! `--quick` runs small counts for a smoke test (timings are not judged); the default is the full
-//! run. `--only` keeps the scenarios whose name contains NAME. The result is one markdown table on
+//! run. `--only` keeps the scenarios whose name contains NAME. The full run also runs the peer
+//! crates (`bench-peers`, a workspace of its own, built on first use) unless `--no-peers` is
+//! given; `--peers` runs them in quick mode too. The result is one markdown table on
 //! standard output.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod command_bench;
+mod peers;
 mod postgres;
 mod projection_bench;
 mod report;
@@ -33,14 +36,17 @@ pub(crate) struct Scale {
 
 fn main() {
     let mut quick = false;
+    let mut peers: Option<bool> = None;
     let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
+            "--peers" => peers = Some(true),
+            "--no-peers" => peers = Some(false),
             "--only" => only = args.next(),
             "--help" | "-h" => {
-                println!("usage: sirenia-bench [--quick] [--only NAME]");
+                println!("usage: sirenia-bench [--quick] [--only NAME] [--peers | --no-peers]");
                 return;
             }
             other => {
@@ -71,14 +77,22 @@ fn main() {
             std::process::exit(1)
         });
     let mut rows = Vec::new();
+    let mut notes = Vec::new();
     let keep = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
     let outcome = runtime.block_on(async {
         sqlite::run(scale, &keep, &mut rows).await?;
-        postgres::run(scale, &keep, &mut rows).await
+        postgres::run(scale, &keep, &mut rows).await?;
+        if peers.unwrap_or(!quick) && keep("S4") {
+            notes = peers::run(quick, &mut rows)?;
+        }
+        report::BenchResult::Ok(())
     });
     if let Err(e) = outcome {
         eprintln!("benchmark failed: {e} ({e:?})");
         std::process::exit(1);
     }
     report::print(&rows, quick);
+    for note in notes {
+        println!("\n_{note}_");
+    }
 }
