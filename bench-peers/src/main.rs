@@ -139,9 +139,13 @@ mod cqrs {
         PRIMARY KEY (aggregate_type, aggregate_id, last_sequence)) STRICT;";
 }
 
-async fn cqrs_postgres(pool: sqlx::PgPool, ops: u64) -> BoxResult<()> {
-    sqlx::raw_sql(cqrs::PG_DDL).execute(&pool).await?;
-    let framework = postgres_es::postgres_cqrs::<cqrs::Account>(pool, vec![], ());
+/// S4 through a cqrs-es framework over any of its event stores.
+async fn cqrs_runs<ES: cqrs_es::EventStore<cqrs::Account>>(
+    framework: &cqrs_es::CqrsFramework<cqrs::Account, ES>,
+    scenario: &str,
+    label: &str,
+    ops: u64,
+) -> BoxResult<()> {
     for length in LENGTHS {
         for s in 0..STREAMS {
             for _ in 0..length {
@@ -150,10 +154,9 @@ async fn cqrs_postgres(pool: sqlx::PgPool, ops: u64) -> BoxResult<()> {
                     .await?;
             }
         }
-        let framework = &framework;
         measure(
-            "S4 postgres command cycle",
-            format!("cqrs-es 0.5 + postgres-es, {length}-event streams"),
+            scenario,
+            format!("{label}, {length}-event streams"),
             ops,
             |k| async move {
                 framework
@@ -165,6 +168,18 @@ async fn cqrs_postgres(pool: sqlx::PgPool, ops: u64) -> BoxResult<()> {
         .await?;
     }
     Ok(())
+}
+
+async fn cqrs_postgres(pool: sqlx::PgPool, ops: u64) -> BoxResult<()> {
+    sqlx::raw_sql(cqrs::PG_DDL).execute(&pool).await?;
+    let framework = postgres_es::postgres_cqrs::<cqrs::Account>(pool, vec![], ());
+    cqrs_runs(
+        &framework,
+        "S4 postgres command cycle",
+        "cqrs-es 0.5 + postgres-es",
+        ops,
+    )
+    .await
 }
 
 async fn cqrs_sqlite(ops: u64) -> BoxResult<()> {
@@ -181,32 +196,16 @@ async fn cqrs_sqlite(ops: u64) -> BoxResult<()> {
         .max_connections(4)
         .connect_with(options)
         .await?;
-    sqlx::raw_sql(cqrs::SQLITE_DDL).execute(&pool).await?;
-    let framework = sqlite_es::sqlite_cqrs::<cqrs::Account>(pool.clone(), vec![], ());
     let result = async {
-        for length in LENGTHS {
-            for s in 0..STREAMS {
-                for _ in 0..length {
-                    framework
-                        .execute(&format!("cq{length}-{s}"), cqrs::Deposit(1))
-                        .await?;
-                }
-            }
-            let framework = &framework;
-            measure(
-                "S4 sqlite command cycle",
-                format!("cqrs-es 0.5 + sqlite-es, {length}-event streams"),
-                ops,
-                |k| async move {
-                    framework
-                        .execute(&format!("cq{length}-{}", k % STREAMS), cqrs::Deposit(1))
-                        .await?;
-                    Ok(())
-                },
-            )
-            .await?;
-        }
-        BoxResult::Ok(())
+        sqlx::raw_sql(cqrs::SQLITE_DDL).execute(&pool).await?;
+        let framework = sqlite_es::sqlite_cqrs::<cqrs::Account>(pool.clone(), vec![], ());
+        cqrs_runs(
+            &framework,
+            "S4 sqlite command cycle",
+            "cqrs-es 0.5 + sqlite-es",
+            ops,
+        )
+        .await
     }
     .await;
     pool.close().await;

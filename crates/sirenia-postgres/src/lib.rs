@@ -308,6 +308,14 @@ fn decode_info(row: &Row) -> Result<Option<StreamInfo>, StoreError> {
     Ok((info.version > 0 || info.has_lifecycle()).then_some(info))
 }
 
+/// An event's payload as its two columns: JSON text for `jsonb`, or bytes for `bytea`.
+fn payload_columns(event: &sirenia_core::NewEvent) -> (Option<&str>, Option<&[u8]>) {
+    match storable_json(&event.content_type, &event.data) {
+        Some(text) => (Some(text), None),
+        None => (None, Some(event.data.as_ref())),
+    }
+}
+
 /// An event's metadata as the JSON text stored (`None`: empty). Validated before any I/O, so
 /// it encodes.
 fn metadata_json(metadata: &Metadata) -> Option<String> {
@@ -743,92 +751,56 @@ impl PostgresStore {
             ExpectedVersion::Any | ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => 0,
             ExpectedVersion::StreamExists | ExpectedVersion::Exact(_) => 1,
         };
-        let result = if let [event] = &write.events[..] {
-            let (json, raw) = match storable_json(&event.content_type, &event.data) {
-                Some(text) => (Some(text), None),
-                None => (None, Some(event.data.as_ref())),
-            };
-            let metadata = metadata_json(&event.metadata);
-            let version_i32 = i32::from(event.schema_version);
-            let statement = client
-                .prepare_cached(&sql.append_one[variant])
-                .await
-                .map_err(|e| CallError::Store(pg_error(e)))?;
-            client
-                .query_opt(
-                    &statement,
-                    &[
-                        &write.stream.as_str(),
-                        &kind,
-                        &version,
-                        &n,
-                        event.id.as_uuid(),
-                        &event.event_type.as_str(),
-                        &version_i32,
-                        &event.content_type.as_str(),
-                        &json,
-                        &raw,
-                        &metadata,
-                    ],
-                )
-                .await
+        // Parameters 5 to 11: the event's columns (one event), or arrays of them.
+        let ids: Vec<uuid::Uuid> = write.events.iter().map(|e| *e.id.as_uuid()).collect();
+        let types: Vec<&str> = write.events.iter().map(|e| e.event_type.as_str()).collect();
+        let versions: Vec<i32> = write
+            .events
+            .iter()
+            .map(|e| i32::from(e.schema_version))
+            .collect();
+        let content_types: Vec<&str> = write
+            .events
+            .iter()
+            .map(|e| e.content_type.as_str())
+            .collect();
+        let (json, raw): (Vec<Option<&str>>, Vec<Option<&[u8]>>) =
+            write.events.iter().map(payload_columns).unzip();
+        let metadata: Vec<Option<String>> = write
+            .events
+            .iter()
+            .map(|e| metadata_json(&e.metadata))
+            .collect();
+        let common: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&write.stream.as_str(), &kind, &version, &n];
+        let (statement, params) = if count == 1 {
+            let event: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+                &ids[0],
+                &types[0],
+                &versions[0],
+                &content_types[0],
+                &json[0],
+                &raw[0],
+                &metadata[0],
+            ];
+            (&sql.append_one[variant], [&common[..], &event[..]].concat())
         } else {
-            let ids: Vec<uuid::Uuid> = write.events.iter().map(|e| *e.id.as_uuid()).collect();
-            let types: Vec<&str> = write.events.iter().map(|e| e.event_type.as_str()).collect();
-            let versions: Vec<i32> = write
-                .events
-                .iter()
-                .map(|e| i32::from(e.schema_version))
-                .collect();
-            let content_types: Vec<&str> = write
-                .events
-                .iter()
-                .map(|e| e.content_type.as_str())
-                .collect();
-            let (mut json, mut raw): (Vec<Option<&str>>, Vec<Option<&[u8]>>) = (
-                Vec::with_capacity(write.events.len()),
-                Vec::with_capacity(write.events.len()),
-            );
-            for event in &write.events {
-                match storable_json(&event.content_type, &event.data) {
-                    Some(text) => {
-                        json.push(Some(text));
-                        raw.push(None);
-                    }
-                    None => {
-                        json.push(None);
-                        raw.push(Some(event.data.as_ref()));
-                    }
-                }
-            }
-            let metadata: Vec<Option<String>> = write
-                .events
-                .iter()
-                .map(|e| metadata_json(&e.metadata))
-                .collect();
-            let statement = client
-                .prepare_cached(&sql.append_batch[variant])
-                .await
-                .map_err(|e| CallError::Store(pg_error(e)))?;
-            client
-                .query_opt(
-                    &statement,
-                    &[
-                        &write.stream.as_str(),
-                        &kind,
-                        &version,
-                        &n,
-                        &ids,
-                        &types,
-                        &versions,
-                        &content_types,
-                        &json,
-                        &raw,
-                        &metadata,
-                    ],
-                )
-                .await
+            let arrays: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+                &ids,
+                &types,
+                &versions,
+                &content_types,
+                &json,
+                &raw,
+                &metadata,
+            ];
+            (&sql.append_batch[variant], [&common[..], &arrays[..]].concat())
         };
+        let statement = client
+            .prepare_cached(statement)
+            .await
+            .map_err(|e| CallError::Store(pg_error(e)))?;
+        let result = client.query_opt(&statement, &params).await;
         let row = match result {
             Ok(Some(row)) => row,
             Ok(None) => return Err(CallError::Recheck),
@@ -886,16 +858,9 @@ impl PostgresStore {
                 types.push(event.event_type.as_str());
                 versions.push(i32::from(event.schema_version));
                 content_types.push(event.content_type.as_str());
-                match storable_json(&event.content_type, &event.data) {
-                    Some(text) => {
-                        json.push(Some(text));
-                        raw.push(None);
-                    }
-                    None => {
-                        json.push(None);
-                        raw.push(Some(event.data.as_ref()));
-                    }
-                }
+                let (text, bytes) = payload_columns(event);
+                json.push(text);
+                raw.push(bytes);
                 metadata.push(metadata_json(&event.metadata));
             }
         }
