@@ -794,7 +794,10 @@ impl PostgresStore {
                 &raw,
                 &metadata,
             ];
-            (&sql.append_batch[variant], [&common[..], &arrays[..]].concat())
+            (
+                &sql.append_batch[variant],
+                [&common[..], &arrays[..]].concat(),
+            )
         };
         let statement = client
             .prepare_cached(statement)
