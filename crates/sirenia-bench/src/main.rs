@@ -17,6 +17,7 @@ mod command_bench;
 mod peers;
 mod postgres;
 mod projection_bench;
+mod recovery;
 mod report;
 mod snapshot_bench;
 mod sqlite;
@@ -35,6 +36,16 @@ pub(crate) struct Scale {
 }
 
 fn main() {
+    // S13's appender, killed by the benchmark itself.
+    let mut argv = std::env::args().skip(1);
+    if argv.next().as_deref() == Some(recovery::CHILD_FLAG) {
+        let path = argv.next().unwrap_or_default();
+        if let Err(e) = recovery::child(std::path::Path::new(&path)) {
+            eprintln!("the S13 appender failed: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let mut quick = false;
     let mut peers: Option<bool> = None;
     let mut only: Option<String> = None;

@@ -224,13 +224,13 @@ pub(crate) async fn run(
         .await?;
     let options = PostgresOptions {
         schema: ours.clone(),
-        pool_size: 8,
+        pool_size: 32,
         ..PostgresOptions::default()
     };
     let store = PostgresStore::connect_with(&url(), options).await?;
     let result = async {
         if keep("S1 postgres") {
-            for connections in [1usize, 8] {
+            for connections in [1usize, 4, 8, 32] {
                 let scenario = "S1 postgres single-event appends";
                 let m = raw_inserts(&raw, connections, 1, scale.duration).await?;
                 let raw_rate = m.rate();
@@ -241,7 +241,11 @@ pub(crate) async fn run(
                     None,
                     None,
                 ));
-                if let Some(tps) = pgbench(&raw, connections, scale.duration) {
+                if let Some(tps) = [1, 8]
+                    .contains(&connections)
+                    .then(|| pgbench(&raw, connections, scale.duration))
+                    .flatten()
+                {
                     rows.push(row(
                         scenario,
                         &format!("pgbench INSERT, {connections} client(s)"),
@@ -258,35 +262,41 @@ pub(crate) async fn run(
                     ));
                 }
                 let m = sirenia_appends(&store, connections, 1, scale.duration).await?;
-                let goal = Goal::Ratio(if connections == 1 { 0.9 } else { 0.8 });
+                let goal = match connections {
+                    1 => Some(Goal::Ratio(0.9)),
+                    8 => Some(Goal::Ratio(0.8)),
+                    _ => None,
+                };
                 rows.push(row(
                     scenario,
                     &format!("sirenia, {connections} writer(s)"),
                     m,
                     Some(("raw INSERT", raw_rate)),
-                    Some(goal),
+                    goal,
                 ));
             }
         }
         if keep("S2 postgres") {
-            let scenario = "S2 postgres 100-event batches, one connection";
-            let m = raw_inserts(&raw, 1, 100, scale.duration).await?;
-            let raw_rate = m.rate();
-            rows.push(row(
-                scenario,
-                "raw multi-row INSERT, 100 rows",
-                m,
-                None,
-                None,
-            ));
-            let m = sirenia_appends(&store, 1, 100, scale.duration).await?;
-            rows.push(row(
-                scenario,
-                "sirenia, 100 events/append",
-                m,
-                Some(("raw INSERT", raw_rate)),
-                Some(Goal::Rate(50_000.0)),
-            ));
+            for batch in [1usize, 10, 100, 1000] {
+                let scenario = "S2 postgres batches, one connection";
+                let m = raw_inserts(&raw, 1, batch, scale.duration).await?;
+                let raw_rate = m.rate();
+                rows.push(row(
+                    scenario,
+                    &format!("raw multi-row INSERT, {batch} rows"),
+                    m,
+                    None,
+                    None,
+                ));
+                let m = sirenia_appends(&store, 1, batch, scale.duration).await?;
+                rows.push(row(
+                    scenario,
+                    &format!("sirenia, {batch} events/append"),
+                    m,
+                    Some(("raw INSERT", raw_rate)),
+                    (batch == 100).then_some(Goal::Rate(50_000.0)),
+                ));
+            }
         }
         if keep("S4 postgres") {
             use crate::command_bench::{S4_LENGTHS, S4_STREAMS, command_cycle, prefill};

@@ -483,6 +483,29 @@ pub(crate) async fn run(
         ));
     }
 
+    // S13: recovery after kill -9 mid-write: open and append one event, against plain SQLite
+    // opening a copy of the same killed file and inserting one row.
+    if keep("S13") {
+        let rounds = if scale.read_events < 1_000_000 { 2 } else { 10 };
+        let (raw, ours) =
+            crate::recovery::recoveries(dir.path(), rounds, Duration::from_millis(500)).await?;
+        let raw_rate = raw.rate();
+        rows.push(row(
+            "S13 sqlite recovery after kill -9",
+            "plain SQLite: open the killed file, insert one row (recoveries/s)",
+            raw,
+            None,
+            None,
+        ));
+        rows.push(row(
+            "S13 sqlite recovery after kill -9",
+            "sirenia: open the store, append one event (recoveries/s)",
+            ours,
+            Some(("plain SQLite", raw_rate)),
+            None,
+        ));
+    }
+
     // S4: the command cycle (load, decide, append at the exact version) on streams of
     // 1/10/100/1000 events, against plain SQLite reading the rows and inserting the next one.
     if keep("S4") {
