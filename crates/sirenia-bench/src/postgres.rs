@@ -207,6 +207,7 @@ pub(crate) async fn run(
         "S2 postgres",
         "S4 postgres",
         "S5 postgres",
+        "S6 postgres",
         "S8 postgres",
     ]
     .iter()
@@ -340,6 +341,27 @@ pub(crate) async fn run(
                     None,
                 ));
             }
+        }
+        // S6: load a 10,000-event aggregate, replaying every event and from a snapshot taken
+        // every 100 events.
+        if keep("S6 postgres") {
+            let (plain, snapped) =
+                crate::snapshot_bench::loads(store.clone(), Arc::new(store.snapshots())).await?;
+            let plain_rate = plain.rate();
+            rows.push(row(
+                "S6 postgres load a 10k-event aggregate",
+                "replay of every event (no snapshot)",
+                plain,
+                None,
+                None,
+            ));
+            rows.push(row(
+                "S6 postgres load a 10k-event aggregate",
+                "snapshot (every 100 events) + tail",
+                snapped,
+                Some(("replay", plain_rate)),
+                Some(Goal::Ratio(20.0)),
+            ));
         }
         if keep("S8 postgres") {
             fill(&store, scale.read_events).await?;
