@@ -9,7 +9,7 @@ use sirenia_core::{
     StreamWrite,
 };
 
-use crate::report::{BenchResult, Measurement, histogram, peak_rss, record, reset_peak_rss};
+use crate::report::{BenchResult, Measurement, Row, histogram, peak_rss, record, reset_peak_rss};
 
 /// Stream lengths S4 runs on.
 pub(crate) const S4_LENGTHS: [u64; 4] = [1, 10, 100, 1000];
@@ -198,4 +198,30 @@ pub(crate) async fn contention<S: EventStore>(
         retries,
         gave_up,
     })
+}
+
+/// S5 on `store` (named `store_name` in the table): a hot stream, then a skewed spread, each
+/// on 100 fresh accounts.
+pub(crate) async fn s5_rows<S: EventStore>(
+    store: &S,
+    store_name: &str,
+    duration: Duration,
+) -> BenchResult<Vec<Row>> {
+    let mut rows = Vec::new();
+    for (n, spread) in [Spread::Hot, Spread::Skewed].into_iter().enumerate() {
+        let prefix = format!("s5n{n}-");
+        prefill(store, &prefix, 100, 1).await?;
+        let c = contention(store.clone(), &prefix, 8, spread, duration).await?;
+        rows.push(Row {
+            scenario: format!("S5 {store_name} concurrent commands"),
+            subject: format!(
+                "sirenia, 8 writers, {spread:?} stream(s): {} retries, {} gave up",
+                c.retries, c.gave_up
+            ),
+            measurement: c.measurement,
+            baseline: None,
+            goal: None,
+        });
+    }
+    Ok(rows)
 }

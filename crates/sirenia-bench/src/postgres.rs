@@ -325,43 +325,15 @@ pub(crate) async fn run(
             }
         }
         if keep("S5 postgres") {
-            use crate::command_bench::{Spread, contention, prefill};
-            for (n, spread) in [Spread::Hot, Spread::Skewed].into_iter().enumerate() {
-                let prefix = format!("s5n{n}-");
-                prefill(&store, &prefix, 100, 1).await?;
-                let c = contention(store.clone(), &prefix, 8, spread, scale.duration).await?;
-                rows.push(row(
-                    "S5 postgres concurrent commands",
-                    &format!(
-                        "sirenia, 8 writers, {spread:?} stream(s): {} retries, {} gave up",
-                        c.retries, c.gave_up
-                    ),
-                    c.measurement,
-                    None,
-                    None,
-                ));
-            }
+            rows.extend(crate::command_bench::s5_rows(&store, "postgres", scale.duration).await?);
         }
         // S6: load a 10,000-event aggregate, replaying every event and from a snapshot taken
         // every 100 events.
         if keep("S6 postgres") {
-            let (plain, snapped) =
-                crate::snapshot_bench::loads(store.clone(), Arc::new(store.snapshots())).await?;
-            let plain_rate = plain.rate();
-            rows.push(row(
-                "S6 postgres load a 10k-event aggregate",
-                "replay of every event (no snapshot)",
-                plain,
-                None,
-                None,
-            ));
-            rows.push(row(
-                "S6 postgres load a 10k-event aggregate",
-                "snapshot (every 100 events) + tail",
-                snapped,
-                Some(("replay", plain_rate)),
-                Some(Goal::Ratio(20.0)),
-            ));
+            let snapshots = Arc::new(store.snapshots());
+            rows.extend(
+                crate::snapshot_bench::s6_rows(store.clone(), snapshots, "postgres").await?,
+            );
         }
         if keep("S8 postgres") {
             fill(&store, scale.read_events).await?;

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 use sirenia_core::snapshot::{SnapshotPolicy, SnapshotStore, Snapshotted};
 use sirenia_core::{Aggregate, DomainEvent, EventStore, Repository};
 
-use crate::report::{BenchResult, Measurement, histogram, peak_rss, record, reset_peak_rss};
+use crate::report::{
+    BenchResult, Goal, Measurement, Row, histogram, peak_rss, record, reset_peak_rss,
+};
 
 /// Events in the aggregate's stream.
 const EVENTS: u64 = 10_000;
@@ -86,4 +88,32 @@ pub(crate) async fn loads<S: EventStore>(
     let snapped = out.pop().ok_or("no measurement")?;
     let plain = out.pop().ok_or("no measurement")?;
     Ok((plain, snapped))
+}
+
+/// S6 on `store` (named `store_name` in the table): the replay, then the snapshot load against
+/// it.
+pub(crate) async fn s6_rows<S: EventStore>(
+    store: S,
+    snapshots: Arc<dyn SnapshotStore>,
+    store_name: &str,
+) -> BenchResult<Vec<Row>> {
+    let (plain, snapped) = loads(store, snapshots).await?;
+    let plain_rate = plain.rate();
+    let scenario = format!("S6 {store_name} load a 10k-event aggregate");
+    Ok(vec![
+        Row {
+            scenario: scenario.clone(),
+            subject: "replay of every event (no snapshot)".to_owned(),
+            measurement: plain,
+            baseline: None,
+            goal: None,
+        },
+        Row {
+            scenario,
+            subject: "snapshot (every 100 events) + tail".to_owned(),
+            measurement: snapped,
+            baseline: Some(("replay".to_owned(), plain_rate)),
+            goal: Some(Goal::Ratio(20.0)),
+        },
+    ])
 }

@@ -421,23 +421,8 @@ pub(crate) async fn run(
     // 100 events.
     if keep("S6") {
         let store = SqliteStore::open(fresh("s6")).await?;
-        let m = crate::snapshot_bench::loads(store.clone(), Arc::new(store.snapshots())).await?;
-        let (plain, snapped) = m;
-        let plain_rate = plain.rate();
-        rows.push(row(
-            "S6 sqlite load a 10k-event aggregate",
-            "replay of every event (no snapshot)",
-            plain,
-            None,
-            None,
-        ));
-        rows.push(row(
-            "S6 sqlite load a 10k-event aggregate",
-            "snapshot (every 100 events) + tail",
-            snapped,
-            Some(("replay", plain_rate)),
-            Some(Goal::Ratio(20.0)),
-        ));
+        let snapshots = Arc::new(store.snapshots());
+        rows.extend(crate::snapshot_bench::s6_rows(store, snapshots, "sqlite").await?);
     }
 
     // S8: catch-up of a no-op projection over the whole log (against plain SQLite reading the
@@ -541,22 +526,8 @@ pub(crate) async fn run(
     // S5: 8 writers running commands that conflict, on one hot stream and on a skewed spread;
     // conflicts are retried by the repository (at most 10 times) and counted.
     if keep("S5") {
-        use crate::command_bench::{Spread, contention, prefill};
-        for spread in [Spread::Hot, Spread::Skewed] {
-            let store = SqliteStore::open(fresh("s5")).await?;
-            prefill(&store, "s5-", 100, 1).await?;
-            let c = contention(store, "s5-", 8, spread, scale.duration).await?;
-            rows.push(row(
-                "S5 sqlite concurrent commands",
-                &format!(
-                    "sirenia, 8 writers, {spread:?} stream(s): {} retries, {} gave up",
-                    c.retries, c.gave_up
-                ),
-                c.measurement,
-                None,
-                None,
-            ));
-        }
+        let store = SqliteStore::open(fresh("s5")).await?;
+        rows.extend(crate::command_bench::s5_rows(&store, "sqlite", scale.duration).await?);
     }
     Ok(())
 }
