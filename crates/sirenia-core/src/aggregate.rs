@@ -258,30 +258,42 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         }
         let mut events = self.store.read_stream(stream, options);
         let mut read_any = false;
+        let truncated = |readable_from: u64| -> LoadError {
+            StoreError::StreamTruncated {
+                stream: stream.clone(),
+                readable_from,
+            }
+            .into()
+        };
         while let Some(recorded) = events.next().await {
             let recorded = recorded?;
+            let mut rebased = false;
             if !read_any {
                 read_any = true;
                 if recorded.revision != first {
                     // Revisions between the state and the first event read are hidden.
-                    loaded = self
+                    (loaded, rebased) = self
                         .rebase(stream, loaded, from_snapshot, Some(recorded.revision))
                         .await?;
                     if upto.is_some_and(|upto| loaded.version > upto) {
                         // The version asked for is of a life before a soft delete: hidden.
-                        return Err(StoreError::StreamTruncated {
-                            stream: stream.clone(),
-                            readable_from: loaded.version,
-                        }
-                        .into());
+                        return Err(truncated(loaded.version));
                     }
                 } else if from_snapshot {
                     continue; // the snapshot's last event, already in its state
                 }
+            } else if recorded.revision != loaded.version {
+                // Revisions hidden between two pages of this read (a lifecycle change while
+                // it ran): never build a state from the parts around them.
+                return Err(truncated(recorded.revision));
             }
             if at.is_some_and(|at| recorded.recorded_at > at)
                 || upto.is_some_and(|upto| recorded.revision >= upto)
             {
+                if rebased && at.is_some() {
+                    // The instant asked for is before the stream's current life: hidden.
+                    return Err(truncated(loaded.version));
+                }
                 break;
             }
             self.codec
@@ -289,9 +301,10 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             loaded.version = recorded.revision + 1;
             loaded.last_position = Some(recorded.position);
         }
-        if !read_any && from_snapshot {
-            // Not even the snapshot's last event is readable any more.
-            loaded = self.rebase(stream, loaded, true, None).await?;
+        if !read_any {
+            // Nothing readable: a new stream, or one deleted, or truncated to its end (then the
+            // state is unknown), or, from a snapshot, not even the snapshot's last event left.
+            loaded = self.rebase(stream, loaded, from_snapshot, None).await?.0;
         }
         Ok(loaded)
     }
@@ -301,21 +314,22 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// of the stream's current life and nothing after it is hidden; a fresh state if the stream
     /// was soft-deleted since (and recreated from `first_read`, or still hidden); else
     /// [`StoreError::StreamTruncated`], since the hidden events are part of the state and no
-    /// snapshot covers them.
+    /// snapshot covers them. The flag says whether the state is a fresh one.
     async fn rebase(
         &self,
         stream: &StreamId,
         loaded: Loaded<A>,
         from_snapshot: bool,
         first_read: Option<u64>,
-    ) -> Result<Loaded<A>, LoadError> {
+    ) -> Result<(Loaded<A>, bool), LoadError> {
         let info = self.store.stream_info(stream).await?.unwrap_or_default();
+        let fresh = |version| Loaded {
+            state: A::default(),
+            version,
+            last_position: None,
+        };
         if info.visible_version().is_none() {
-            return Ok(Loaded {
-                state: A::default(),
-                version: 0,
-                last_position: None,
-            });
+            return Ok((fresh(0), true));
         }
         let v = loaded.version;
         // A snapshot at `start` or below was taken in an earlier life; the empty state is the
@@ -327,34 +341,16 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         };
         if base_is_current {
             if info.readable_from <= v && first_read.is_none_or(|r| r == v) {
-                return Ok(loaded);
+                return Ok((loaded, false));
             }
         } else if info.readable_from == info.start && first_read == Some(info.start) {
-            return Ok(Loaded {
-                state: A::default(),
-                version: info.start,
-                last_position: None,
-            });
+            return Ok((fresh(info.start), true));
         }
         Err(StoreError::StreamTruncated {
             stream: stream.clone(),
             readable_from: info.readable_from,
         }
         .into())
-    }
-
-    /// After a conflict on a load that read nothing: whether the stream's events are all
-    /// hidden by truncation (then no command can be decided on it without a snapshot).
-    async fn truncated_to_the_end(&self, stream: &StreamId) -> Result<(), StoreError> {
-        match self.store.stream_info(stream).await? {
-            Some(info) if info.visible_version().is_some() && info.readable_from > info.start => {
-                Err(StoreError::StreamTruncated {
-                    stream: stream.clone(),
-                    readable_from: info.readable_from,
-                })
-            }
-            _ => Ok(()),
-        }
     }
 
     /// The state in the latest usable snapshot at or below `upto`, if snapshots are on.
@@ -568,9 +564,6 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     });
                 }
                 Err(StoreError::Conflict { actual, .. }) => {
-                    if loaded.version == 0 {
-                        self.truncated_to_the_end(&stream).await?;
-                    }
                     if let Some(expected) = context.expected_version {
                         return Err(CommandError::Conflict {
                             stream,

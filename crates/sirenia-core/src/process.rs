@@ -116,35 +116,42 @@ where
 {
     async fn handle(&mut self, recorded: &RecordedEvent) -> Result<(), HandlerError> {
         let id = process_id(&recorded.stream_id).to_owned();
+        let mut events = Vec::new();
+        self.processes
+            .codec()
+            .decode_with(recorded, |e| events.push(e))?;
+        // Delivered again (at least once) after its outcomes were recorded: no step may run
+        // again. Re-deciding one now could give another answer (a refused debit may succeed
+        // later) that the process, having moved on, would never record. Checked before the
+        // process is loaded: an old event must not need the process's old state.
+        let mut pending = Vec::with_capacity(events.len());
+        for (index, event) in events.into_iter().enumerate() {
+            // One id per decoded event: an upcaster may split a stored event in several.
+            let outcome_id = step_command_id(
+                recorded,
+                &format!("sirenia.outcome.{}.{index}", P::CATEGORY),
+            );
+            let recorded_already = self
+                .processes
+                .store()
+                .event_by_id(EventId::derived(outcome_id, 0))
+                .await?
+                .is_some();
+            if !recorded_already {
+                pending.push((outcome_id, event));
+            }
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
         // The process as it was right after this event.
         let state = self
             .processes
             .load_version(&id, recorded.revision + 1)
             .await?
             .state;
-        let mut events = Vec::new();
-        self.processes
-            .codec()
-            .decode_with(recorded, |e| events.push(e))?;
-        for (index, event) in events.iter().enumerate() {
-            // One id per decoded event: an upcaster may split a stored event in several.
-            let outcome_id = step_command_id(
-                recorded,
-                &format!("sirenia.outcome.{}.{index}", P::CATEGORY),
-            );
-            // Delivered again (at least once) after its outcome was recorded: the step must
-            // not run again. Re-deciding it now could give another answer (a refused debit
-            // may succeed later) that the process, having moved on, would never record.
-            if self
-                .processes
-                .store()
-                .event_by_id(EventId::derived(outcome_id, 0))
-                .await?
-                .is_some()
-            {
-                continue;
-            }
-            let Some(outcome) = self.reactor.react(&id, &state, event, recorded).await? else {
+        for (outcome_id, event) in pending {
+            let Some(outcome) = self.reactor.react(&id, &state, &event, recorded).await? else {
                 continue;
             };
             let context = CommandContext::new()

@@ -131,7 +131,7 @@ struct Shared {
 pub struct AppendPaths {
     /// Appends done by one plain-SQL statement.
     pub one_statement: u64,
-    /// Appends (or attempts) that went to the append function.
+    /// Appends that went to the append function.
     pub by_function: u64,
 }
 
@@ -934,7 +934,9 @@ impl PostgresStore {
                 self.guarded_call(client, &all, guard).await
             }
             other => {
-                self.shared.one_statement.fetch_add(1, Ordering::Relaxed);
+                if other.is_ok() {
+                    self.shared.one_statement.fetch_add(1, Ordering::Relaxed);
+                }
                 other
             }
         };

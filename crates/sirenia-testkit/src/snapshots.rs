@@ -272,6 +272,11 @@ pub async fn lifecycle_repository_cases<S: EventStore>(
         plain.execute(&id, AddAmount(i)).await.expect("command");
     }
     store.truncate_stream(&stream, 3).await.expect("truncate");
+    let r = plain.load(&id).await;
+    assert!(
+        truncated(&r),
+        "loading a stream truncated to its end: {r:?}"
+    );
     match plain.execute(&id, AddAmount(1)).await {
         Err(sirenia_core::CommandError::Store(StoreError::StreamTruncated { .. })) => {}
         other => panic!("a stream truncated to its end is StreamTruncated, got {other:?}"),
@@ -284,6 +289,7 @@ pub async fn lifecycle_repository_cases<S: EventStore>(
         snapped.execute(&id, AddAmount(i)).await.expect("command");
     }
     wait_for_snapshot(snapshots.as_ref(), &stream, 10).await;
+    let before_delete = Timestamp::now();
     store
         .delete_stream(&stream, ExpectedVersion::Exact(10))
         .await
@@ -306,7 +312,11 @@ pub async fn lifecycle_repository_cases<S: EventStore>(
             "the old life's snapshot is not used"
         );
     }
-    // The old life is hidden from time travel too.
+    // The old life is hidden from time travel too, by version and by instant.
     let r = plain.load_version(&id, 5).await;
     assert!(truncated(&r), "as of a version before the deletion: {r:?}");
+    for repo in [&plain, &snapped] {
+        let r = repo.load_as_of(&id, before_delete).await;
+        assert!(truncated(&r), "as of an instant before the deletion: {r:?}");
+    }
 }
