@@ -308,6 +308,80 @@ fn decode_info(row: &Row) -> Result<Option<StreamInfo>, StoreError> {
     Ok((info.version > 0 || info.has_lifecycle()).then_some(info))
 }
 
+/// An expectation as the append statements' parameters: a kind (0 any, 1 no stream, 2 stream
+/// exists, 3 exact) and the exact version.
+fn expectation_params(expected: ExpectedVersion) -> (i16, i64) {
+    match expected {
+        ExpectedVersion::Any => (0, 0),
+        ExpectedVersion::NoStream => (1, 0),
+        ExpectedVersion::StreamExists => (2, 0),
+        ExpectedVersion::Exact(v) => (3, to_i64(v)),
+    }
+}
+
+/// Events as the append statements' per-event array parameters, in order.
+struct EventColumns<'a> {
+    ids: Vec<uuid::Uuid>,
+    types: Vec<&'a str>,
+    versions: Vec<i32>,
+    content_types: Vec<&'a str>,
+    json: Vec<Option<&'a str>>,
+    raw: Vec<Option<&'a [u8]>>,
+    metadata: Vec<Option<String>>,
+}
+
+impl<'a> EventColumns<'a> {
+    /// The columns of `n` events.
+    fn new(events: impl Iterator<Item = &'a sirenia_core::NewEvent>, n: usize) -> Self {
+        let mut columns = EventColumns {
+            ids: Vec::with_capacity(n),
+            types: Vec::with_capacity(n),
+            versions: Vec::with_capacity(n),
+            content_types: Vec::with_capacity(n),
+            json: Vec::with_capacity(n),
+            raw: Vec::with_capacity(n),
+            metadata: Vec::with_capacity(n),
+        };
+        for event in events {
+            columns.ids.push(*event.id.as_uuid());
+            columns.types.push(event.event_type.as_str());
+            columns.versions.push(i32::from(event.schema_version));
+            columns.content_types.push(event.content_type.as_str());
+            let (text, bytes) = payload_columns(event);
+            columns.json.push(text);
+            columns.raw.push(bytes);
+            columns.metadata.push(metadata_json(&event.metadata));
+        }
+        columns
+    }
+
+    /// The arrays, as statement parameters.
+    fn arrays(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 7] {
+        [
+            &self.ids,
+            &self.types,
+            &self.versions,
+            &self.content_types,
+            &self.json,
+            &self.raw,
+            &self.metadata,
+        ]
+    }
+
+    /// Event `i`'s columns, as statement parameters.
+    fn row(&self, i: usize) -> [&(dyn tokio_postgres::types::ToSql + Sync); 7] {
+        [
+            &self.ids[i],
+            &self.types[i],
+            &self.versions[i],
+            &self.content_types[i],
+            &self.json[i],
+            &self.raw[i],
+            &self.metadata[i],
+        ]
+    }
+}
+
 /// An event's payload as its two columns: JSON text for `jsonb`, or bytes for `bytea`.
 fn payload_columns(event: &sirenia_core::NewEvent) -> (Option<&str>, Option<&[u8]>) {
     match storable_json(&event.content_type, &event.data) {
@@ -737,12 +811,8 @@ impl PostgresStore {
         client: &impl GenericClient,
         write: &StreamWrite,
     ) -> Result<AppendResult, CallError> {
-        let (kind, version) = match write.expected {
-            ExpectedVersion::Any => (0i32, 0i64),
-            ExpectedVersion::NoStream => (1, 0),
-            ExpectedVersion::StreamExists => (2, 0),
-            ExpectedVersion::Exact(v) => (3, to_i64(v)),
-        };
+        let (kind, version) = expectation_params(write.expected);
+        let kind = i32::from(kind);
         let count = write.events.len() as u64;
         let n = to_i64(count);
         let sql = &self.shared.sql;
@@ -752,51 +822,18 @@ impl PostgresStore {
             ExpectedVersion::StreamExists | ExpectedVersion::Exact(_) => 1,
         };
         // Parameters 5 to 11: the event's columns (one event), or arrays of them.
-        let ids: Vec<uuid::Uuid> = write.events.iter().map(|e| *e.id.as_uuid()).collect();
-        let types: Vec<&str> = write.events.iter().map(|e| e.event_type.as_str()).collect();
-        let versions: Vec<i32> = write
-            .events
-            .iter()
-            .map(|e| i32::from(e.schema_version))
-            .collect();
-        let content_types: Vec<&str> = write
-            .events
-            .iter()
-            .map(|e| e.content_type.as_str())
-            .collect();
-        let (json, raw): (Vec<Option<&str>>, Vec<Option<&[u8]>>) =
-            write.events.iter().map(payload_columns).unzip();
-        let metadata: Vec<Option<String>> = write
-            .events
-            .iter()
-            .map(|e| metadata_json(&e.metadata))
-            .collect();
+        let columns = EventColumns::new(write.events.iter(), write.events.len());
         let common: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
             [&write.stream.as_str(), &kind, &version, &n];
         let (statement, params) = if count == 1 {
-            let event: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
-                &ids[0],
-                &types[0],
-                &versions[0],
-                &content_types[0],
-                &json[0],
-                &raw[0],
-                &metadata[0],
-            ];
-            (&sql.append_one[variant], [&common[..], &event[..]].concat())
+            (
+                &sql.append_one[variant],
+                [&common[..], &columns.row(0)[..]].concat(),
+            )
         } else {
-            let arrays: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
-                &ids,
-                &types,
-                &versions,
-                &content_types,
-                &json,
-                &raw,
-                &metadata,
-            ];
             (
                 &sql.append_batch[variant],
-                [&common[..], &arrays[..]].concat(),
+                [&common[..], &columns.arrays()[..]].concat(),
             )
         };
         let statement = client
@@ -836,37 +873,18 @@ impl PostgresStore {
         let total: usize = writes.iter().map(|w| w.events.len()).sum();
         let mut write_of = Vec::with_capacity(total);
         let mut index = Vec::with_capacity(total);
-        let mut ids = Vec::with_capacity(total);
-        let mut types = Vec::with_capacity(total);
-        let mut versions = Vec::with_capacity(total);
-        let mut content_types = Vec::with_capacity(total);
-        let mut json: Vec<Option<&str>> = Vec::with_capacity(total);
-        let mut raw: Vec<Option<&[u8]>> = Vec::with_capacity(total);
-        let mut metadata: Vec<Option<String>> = Vec::with_capacity(total);
         for (w, write) in writes.iter().enumerate() {
             streams.push(write.stream.as_str());
-            let (kind, version) = match write.expected {
-                ExpectedVersion::Any => (0i16, 0i64),
-                ExpectedVersion::NoStream => (1, 0),
-                ExpectedVersion::StreamExists => (2, 0),
-                ExpectedVersion::Exact(v) => (3, to_i64(v)),
-            };
+            let (kind, version) = expectation_params(write.expected);
             kinds.push(kind);
             expected.push(version);
             counts.push(write.events.len() as i64);
-            for (i, event) in write.events.iter().enumerate() {
+            for i in 0..write.events.len() {
                 write_of.push(i32::try_from(w + 1).unwrap_or(i32::MAX));
                 index.push(i as i64);
-                ids.push(*event.id.as_uuid());
-                types.push(event.event_type.as_str());
-                versions.push(i32::from(event.schema_version));
-                content_types.push(event.content_type.as_str());
-                let (text, bytes) = payload_columns(event);
-                json.push(text);
-                raw.push(bytes);
-                metadata.push(metadata_json(&event.metadata));
             }
         }
+        let columns = EventColumns::new(writes.iter().flat_map(|w| w.events.iter()), total);
         let statement = client
             .prepare_cached(&self.shared.sql.append)
             .await
@@ -875,20 +893,17 @@ impl PostgresStore {
             .query_one(
                 &statement,
                 &[
-                    &streams,
-                    &kinds,
-                    &expected,
-                    &counts,
-                    &write_of,
-                    &index,
-                    &ids,
-                    &types,
-                    &versions,
-                    &content_types,
-                    &json,
-                    &raw,
-                    &metadata,
-                ],
+                    &[
+                        &streams as &(dyn tokio_postgres::types::ToSql + Sync),
+                        &kinds,
+                        &expected,
+                        &counts,
+                        &write_of,
+                        &index,
+                    ][..],
+                    &columns.arrays()[..],
+                ]
+                .concat(),
             )
             .await;
         let row = match row {
