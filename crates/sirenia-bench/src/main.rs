@@ -37,10 +37,15 @@ pub(crate) struct Scale {
 
 fn main() {
     // S13's appender, killed by the benchmark itself.
-    let mut argv = std::env::args().skip(1);
-    if argv.next().as_deref() == Some(recovery::CHILD_FLAG) {
-        let path = argv.next().unwrap_or_default();
-        if let Err(e) = recovery::child(std::path::Path::new(&path)) {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let child = match argv.first().map(String::as_str) {
+        Some(recovery::CHILD_FLAG) => Some((argv.get(1), None)),
+        Some(recovery::PG_CHILD_FLAG) => Some((argv.get(1), argv.get(2))),
+        _ => None,
+    };
+    if let Some((target, schema)) = child {
+        let target = target.map_or("", String::as_str);
+        if let Err(e) = recovery::child(target, schema.map(String::as_str)) {
             eprintln!("the S13 appender failed: {e}");
             std::process::exit(1);
         }
@@ -93,8 +98,15 @@ fn main() {
     let outcome = runtime.block_on(async {
         sqlite::run(scale, &keep, &mut rows).await?;
         postgres::run(scale, &keep, &mut rows).await?;
-        if peers.unwrap_or(!quick) && keep("S4") {
-            notes = peers::run(quick, &mut rows)?;
+        // The peers filter by `only` themselves; skip them for scenarios they take no part in.
+        let theirs = only.as_deref().is_none_or(|o| {
+            !o.starts_with('S')
+                || peers::SCENARIOS
+                    .iter()
+                    .any(|s| o.starts_with(s) || s.trim() == o)
+        });
+        if peers.unwrap_or(!quick) && theirs {
+            notes = peers::run(quick, only.as_deref(), &mut rows)?;
         }
         report::BenchResult::Ok(())
     });

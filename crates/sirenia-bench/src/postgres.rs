@@ -181,6 +181,39 @@ fn pgbench(schema: &str, clients: usize, duration: Duration) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// pg_test_fsync's syncs/s for `method` writing one 8kB block (what each WAL flush of a
+/// commit costs), if the tool is installed. Its test file lives in the temporary directory.
+fn pg_test_fsync(method: &str) -> Option<f64> {
+    let bindir = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let program = bindir
+        .map(|dir| std::path::Path::new(&dir).join("pg_test_fsync"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| "pg_test_fsync".into());
+    let file = std::env::temp_dir().join(format!("sirenia-fsync-{}", std::process::id()));
+    let output = std::process::Command::new(program)
+        .args(["-s", "1", "-f"])
+        .arg(&file)
+        .output()
+        .ok()?;
+    let _ = std::fs::remove_file(&file);
+    let text = String::from_utf8_lossy(&output.stdout);
+    // The first section compares the sync methods with one 8kB write per sync:
+    // "        fdatasync                     12345.678 ops/sec      81 usecs/op".
+    text.split("one 8kB write")
+        .nth(1)?
+        .lines()
+        .map(str::split_whitespace)
+        .find_map(|mut words| {
+            (words.next() == Some(method))
+                .then(|| words.next()?.parse().ok())
+                .flatten()
+        })
+}
+
 fn row(
     scenario: &str,
     subject: &str,
@@ -208,7 +241,9 @@ pub(crate) async fn run(
         "S4 postgres",
         "S5 postgres",
         "S6 postgres",
+        "S7 postgres",
         "S8 postgres",
+        "S13 postgres",
     ]
     .iter()
     .any(|s| keep(s))
@@ -231,6 +266,23 @@ pub(crate) async fn run(
     let store = PostgresStore::connect_with(&url(), options).await?;
     let result = async {
         if keep("S1 postgres") {
+            let method: String = admin.query_one("SHOW wal_sync_method", &[]).await?.get(0);
+            if let Some(syncs) = pg_test_fsync(&method) {
+                rows.push(row(
+                    "S1 postgres single-event appends",
+                    &format!("pg_test_fsync: {method} of one 8kB write (syncs/s)"),
+                    Measurement {
+                        // A rate far below u64::MAX, reported over one second.
+                        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                        events: syncs.round() as u64,
+                        elapsed: Duration::from_secs(1),
+                        latency: None,
+                        peak_rss: None,
+                    },
+                    None,
+                    None,
+                ));
+            }
             for connections in [1usize, 4, 8, 32] {
                 let scenario = "S1 postgres single-event appends";
                 let m = raw_inserts(&raw, connections, 1, scale.duration).await?;
@@ -335,9 +387,28 @@ pub(crate) async fn run(
                 crate::snapshot_bench::s6_rows(store.clone(), snapshots, "postgres").await?,
             );
         }
-        if keep("S8 postgres") {
+        if keep("S7 postgres") || keep("S8 postgres") {
             fill(&store, scale.read_events).await?;
-            let m = copy_scan(&ours).await?;
+        }
+        if keep("S7 postgres") {
+            let big = StreamId::new(BIG_STREAM)?;
+            for (label, which) in [("one stream", Some(&big)), ("whole log", None)] {
+                let scenario = format!("S7 postgres read {label}");
+                let m = copy_scan(&ours, which.map(StreamId::as_str)).await?;
+                let copy_rate = m.rate();
+                rows.push(row(&scenario, "COPY (SELECT …) TO STDOUT", m, None, None));
+                let m = crate::sqlite::sirenia_read(&store, which).await?;
+                rows.push(row(
+                    &scenario,
+                    "sirenia",
+                    m,
+                    Some(("COPY", copy_rate)),
+                    None,
+                ));
+            }
+        }
+        if keep("S8 postgres") {
+            let m = copy_scan(&ours, None).await?;
             let copy_rate = m.rate();
             rows.push(row(
                 "S8 postgres projection catch-up",
@@ -368,6 +439,32 @@ pub(crate) async fn run(
                 "sirenia, append-to-handler latency, 4 writers",
                 m,
                 None,
+                None,
+            ));
+        }
+        if keep("S13 postgres") {
+            let rounds = if scale.read_events < 1_000_000 { 2 } else { 10 };
+            let (raw_m, ours_m) = crate::recovery::pg_recoveries(
+                &url(),
+                &ours,
+                &raw,
+                rounds,
+                Duration::from_millis(500),
+            )
+            .await?;
+            let raw_rate = raw_m.rate();
+            rows.push(row(
+                "S13 postgres recovery after kill -9",
+                "tokio-postgres: connect, insert one row (recoveries/s)",
+                raw_m,
+                None,
+                None,
+            ));
+            rows.push(row(
+                "S13 postgres recovery after kill -9",
+                "sirenia: connect the store, append one event (recoveries/s)",
+                ours_m,
+                Some(("tokio-postgres", raw_rate)),
                 None,
             ));
         }
@@ -445,46 +542,47 @@ async fn raw_commands(
     })
 }
 
-/// Appends 1000-event batches until the log holds at least `events` events.
+/// The stream S7 reads whole, which also makes up most of the log S7 and S8 read.
+const BIG_STREAM: &str = "big-1";
+
+/// Appends 1000-event batches to [`BIG_STREAM`] until it holds at least `events` events.
 async fn fill(store: &PostgresStore, events: u64) -> BenchResult<()> {
-    let mut have = {
-        use futures_util::TryStreamExt;
-        let counted: Vec<_> = store
-            .read_all(
-                sirenia_core::ReadAll::forward().page_size(sirenia_core::limits::MAX_PAGE_SIZE),
-            )
-            .try_collect()
-            .await?;
-        counted.len() as u64
-    };
+    let stream = StreamId::new(BIG_STREAM)?;
+    let mut have = store.stream_info(&stream).await?.map_or(0, |i| i.version);
     let data: serde_json::Value = serde_json::from_str(PAYLOAD)?;
     let template = NewEvent::json("MoneyDeposited", &data);
-    let mut i = 0u64;
     while have < events {
         let batch: Vec<NewEvent> = (0..1000)
             .map(|_| template.clone().with_id(sirenia_core::EventId::new()))
             .collect();
-        let stream = StreamId::new(format!("s8-{}", i % 100))?;
         store
-            .append(vec![StreamWrite::new(stream, ExpectedVersion::Any, batch)])
+            .append(vec![StreamWrite::new(
+                stream.clone(),
+                ExpectedVersion::Exact(have),
+                batch,
+            )])
             .await?;
         have += 1000;
-        i += 1;
     }
     Ok(())
 }
 
-/// The raw scan: every row of the log in position order through `COPY … TO STDOUT`.
-async fn copy_scan(schema: &str) -> BenchResult<Measurement> {
+/// The raw scan through `COPY … TO STDOUT`: every row of the log in position order, or of one
+/// stream in revision order.
+async fn copy_scan(schema: &str, stream: Option<&str>) -> BenchResult<Measurement> {
     use futures_util::StreamExt;
     let client = connect().await?;
+    let selection = match stream {
+        Some(stream) => format!("WHERE stream_id = '{stream}' ORDER BY revision"),
+        None => "ORDER BY position".to_owned(),
+    };
     reset_peak_rss();
     let start = Instant::now();
     let stream = client
         .copy_out(&format!(
             "COPY (SELECT position, stream_id, revision, event_id, event_type, schema_version, \
              content_type, data, data_bytes, metadata, recorded_at FROM \"{schema}\".events \
-             ORDER BY position) TO STDOUT"
+             {selection}) TO STDOUT"
         ))
         .await?;
     let mut stream = std::pin::pin!(stream);

@@ -1,11 +1,15 @@
-//! S13: how long the embedded store takes to be writable again after its process was killed
-//! with SIGKILL mid-write: open the file (SQLite replays its WAL), start the writer, append one
-//! event. The baseline does the same with plain SQLite on a copy of the same killed file.
+//! S13: how long a store takes to be writable again after its process was killed with SIGKILL
+//! mid-write. Embedded: open the file (SQLite replays its WAL), start the writer, append one
+//! event; the baseline does the same with plain SQLite on a copy of the same killed file.
+//! PostgreSQL: connect (pool, migration check) and append one event while the server aborts
+//! the killed client's transactions; the baseline connects with tokio-postgres and inserts one
+//! row.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sirenia_core::{EventStore, ExpectedVersion, NewEvent, StreamId, StreamWrite};
+use sirenia_postgres::{PostgresOptions, PostgresStore};
 use sirenia_sqlite::SqliteStore;
 
 use crate::report::{BenchResult, Measurement, histogram, record};
@@ -13,47 +17,65 @@ use crate::report::{BenchResult, Measurement, histogram, record};
 /// The argument that makes the benchmark binary the appender S13 kills.
 pub(crate) const CHILD_FLAG: &str = "--s13-appender";
 
-/// The child: four tasks appending 10-event batches to `path` until killed.
-pub(crate) fn child(path: &Path) -> BenchResult<()> {
+/// The argument that makes the benchmark binary the PostgreSQL appender S13 kills.
+pub(crate) const PG_CHILD_FLAG: &str = "--s13-postgres-appender";
+
+/// The child: four tasks appending 10-event batches to the store at `target` (a file, or with
+/// `schema` a PostgreSQL URL) until killed.
+pub(crate) fn child(target: &str, schema: Option<&str>) -> BenchResult<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let store = SqliteStore::open(path).await?;
-        let mut tasks = Vec::new();
-        for t in 0..4 {
-            let store = store.clone();
-            tasks.push(tokio::spawn(async move {
-                let stream = StreamId::new(format!("s13-{t}"))?;
-                loop {
-                    let batch = (0..10)
-                        .map(|n| NewEvent::json("Tick", &serde_json::json!({ "n": n })))
-                        .collect();
-                    store
-                        .append(vec![StreamWrite::new(
-                            stream.clone(),
-                            ExpectedVersion::Any,
-                            batch,
-                        )])
-                        .await?;
-                }
-                #[allow(unreachable_code)]
-                BenchResult::Ok(())
-            }));
+        match schema {
+            None => append_forever(SqliteStore::open(Path::new(target)).await?).await,
+            Some(schema) => append_forever(pg_store(target, schema).await?).await,
         }
-        for task in tasks {
-            task.await??;
-        }
-        BenchResult::Ok(())
     })
 }
 
-/// Starts the appender on `path`, lets it write for `run`, and kills it with SIGKILL.
-fn kill_mid_write(path: &Path, run: Duration) -> BenchResult<()> {
+async fn pg_store(url: &str, schema: &str) -> BenchResult<PostgresStore> {
+    let options = PostgresOptions {
+        schema: schema.to_owned(),
+        pool_size: 4,
+        ..PostgresOptions::default()
+    };
+    Ok(PostgresStore::connect_with(url, options).await?)
+}
+
+async fn append_forever<S: EventStore>(store: S) -> BenchResult<()> {
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let stream = StreamId::new(format!("s13-{t}"))?;
+            loop {
+                let batch = (0..10)
+                    .map(|n| NewEvent::json("Tick", &serde_json::json!({ "n": n })))
+                    .collect();
+                store
+                    .append(vec![StreamWrite::new(
+                        stream.clone(),
+                        ExpectedVersion::Any,
+                        batch,
+                    )])
+                    .await?;
+            }
+            #[allow(unreachable_code)]
+            BenchResult::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+/// Starts the appender with `args`, lets it write for `run`, and kills it with SIGKILL.
+fn kill_mid_write(args: &[&std::ffi::OsStr], run: Duration) -> BenchResult<()> {
     let mut child = std::process::Command::new(std::env::current_exe()?)
-        .arg(CHILD_FLAG)
-        .arg(path)
+        .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;
@@ -85,7 +107,10 @@ pub(crate) async fn recoveries(
         let path = dir.join(format!("s13-{round}.db"));
         let copy = dir.join(format!("s13-{round}-raw.db"));
         let killed = path.clone();
-        tokio::task::spawn_blocking(move || kill_mid_write(&killed, run)).await??;
+        tokio::task::spawn_blocking(move || {
+            kill_mid_write(&[CHILD_FLAG.as_ref(), killed.as_os_str()], run)
+        })
+        .await??;
         copy_files(&path, &copy)?;
         // Plain SQLite: open, replay the WAL, insert one row in a synced transaction.
         let t0 = Instant::now();
@@ -119,14 +144,92 @@ pub(crate) async fn recoveries(
         record(&mut ours_latency, t0)?;
         drop(store);
     }
-    let measure = |elapsed, latency| Measurement {
+    Ok(measurements(
+        rounds,
+        (raw_total, raw_latency),
+        (ours_total, ours_latency),
+    ))
+}
+
+/// PostgreSQL: `rounds` kills of an appender on schema `ours`; returns (tokio-postgres,
+/// Sirenia) measurements (events = recoveries). The raw side inserts into `raw`'s events table.
+pub(crate) async fn pg_recoveries(
+    url: &str,
+    ours: &str,
+    raw: &str,
+    rounds: u64,
+    run: Duration,
+) -> BenchResult<(Measurement, Measurement)> {
+    let (mut raw_latency, mut ours_latency) = (histogram(), histogram());
+    let (mut raw_total, mut ours_total) = (Duration::ZERO, Duration::ZERO);
+    for round in 0..rounds {
+        let (child_url, child_schema) = (url.to_owned(), ours.to_owned());
+        tokio::task::spawn_blocking(move || {
+            kill_mid_write(
+                &[
+                    PG_CHILD_FLAG.as_ref(),
+                    child_url.as_ref(),
+                    child_schema.as_ref(),
+                ],
+                run,
+            )
+        })
+        .await??;
+        // Alternate which side goes first: the first one meets the server still aborting the
+        // killed client's transactions.
+        for side in [round % 2, 1 - round % 2] {
+            let t0 = Instant::now();
+            if side == 0 {
+                let (client, connection) =
+                    tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+                let connection = tokio::spawn(connection);
+                client
+                    .execute(
+                        &format!(
+                            "INSERT INTO {raw}.events (stream_id, revision, event_id, event_type, \
+                             schema_version, content_type, data) VALUES ($1, 0, $2, 'Tick', 1, \
+                             'application/json', '{{}}'::jsonb)"
+                        ),
+                        &[&format!("raw-after-{round}"), &sirenia_core::Uuid::now_v7()],
+                    )
+                    .await?;
+                raw_total += t0.elapsed();
+                record(&mut raw_latency, t0)?;
+                drop(client);
+                let _ = connection.await;
+            } else {
+                let store = pg_store(url, ours).await?;
+                store
+                    .append(vec![StreamWrite::new(
+                        StreamId::new(format!("after-{round}"))?,
+                        ExpectedVersion::NoStream,
+                        vec![NewEvent::json("Tick", &serde_json::json!({}))],
+                    )])
+                    .await?;
+                ours_total += t0.elapsed();
+                record(&mut ours_latency, t0)?;
+                drop(store);
+            }
+        }
+    }
+    Ok(measurements(
+        rounds,
+        (raw_total, raw_latency),
+        (ours_total, ours_latency),
+    ))
+}
+
+/// (raw, ours) measurements of `rounds` recoveries each.
+fn measurements(
+    rounds: u64,
+    raw: (Duration, hdrhistogram::Histogram<u64>),
+    ours: (Duration, hdrhistogram::Histogram<u64>),
+) -> (Measurement, Measurement) {
+    let measure = |(elapsed, latency)| Measurement {
         events: rounds,
         elapsed,
         latency: Some(latency),
         peak_rss: None,
     };
-    Ok((
-        measure(raw_total, raw_latency),
-        measure(ours_total, ours_latency),
-    ))
+    (measure(raw), measure(ours))
 }

@@ -253,7 +253,12 @@ fn raw_read(path: &Path, stream: Option<&str>) -> BenchResult<Measurement> {
     })
 }
 
-async fn sirenia_read(store: &SqliteStore, stream: Option<&StreamId>) -> BenchResult<Measurement> {
+/// Sirenia reading `stream` (or the whole log) forward in the largest pages, as owned
+/// `RecordedEvent`s: S7 on any store.
+pub(crate) async fn sirenia_read<S: EventStore>(
+    store: &S,
+    stream: Option<&StreamId>,
+) -> BenchResult<Measurement> {
     reset_peak_rss();
     let start = Instant::now();
     let mut events = match stream {
@@ -406,7 +411,7 @@ pub(crate) async fn run(
                 None,
                 None,
             ));
-            let m = sirenia_read(&store, which).await?;
+            let m = sirenia_read(&*store, which).await?;
             rows.push(row(
                 &format!("S7 sqlite read {label}"),
                 "sirenia",
