@@ -111,11 +111,61 @@ pub struct Executed<A: Aggregate> {
     pub repeated: bool,
 }
 
+/// How long a command waits before it retries after a conflict: a random time up to `base`
+/// doubled per conflict so far, at most `max` ("full jitter"). Writers that collided on a stream
+/// spread out instead of colliding again at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryBackoff {
+    /// The longest wait after the first conflict.
+    pub base: std::time::Duration,
+    /// The longest wait after any conflict.
+    pub max: std::time::Duration,
+}
+
+impl RetryBackoff {
+    /// No waiting: retry at once.
+    pub const NONE: RetryBackoff = RetryBackoff {
+        base: std::time::Duration::ZERO,
+        max: std::time::Duration::ZERO,
+    };
+
+    /// The longest wait after the `conflicts`-th conflict (counting from 1).
+    pub fn ceiling(&self, conflicts: u32) -> std::time::Duration {
+        let doublings = conflicts.saturating_sub(1).min(20);
+        self.base.saturating_mul(1 << doublings).min(self.max)
+    }
+
+    /// A random wait up to [`ceiling`](Self::ceiling)`(conflicts)`.
+    pub fn delay(&self, conflicts: u32) -> std::time::Duration {
+        use std::hash::{BuildHasher, Hasher};
+        let ceiling = self.ceiling(conflicts);
+        let micros = u64::try_from(ceiling.as_micros()).unwrap_or(u64::MAX);
+        if micros == 0 {
+            return std::time::Duration::ZERO;
+        }
+        // Randomly keyed hashing of a counter: jitter without a random-number dependency.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(conflicts);
+        std::time::Duration::from_micros(hasher.finish() % (micros + 1))
+    }
+}
+
+impl Default for RetryBackoff {
+    /// Up to 1 ms after the first conflict, doubling, at most 50 ms.
+    fn default() -> Self {
+        RetryBackoff {
+            base: std::time::Duration::from_millis(1),
+            max: std::time::Duration::from_millis(50),
+        }
+    }
+}
+
 /// Loads aggregates and runs commands on them against a store.
 pub struct Repository<A: Aggregate, S> {
     store: S,
     codec: JsonCodec<A::Event>,
     max_retries: u32,
+    backoff: RetryBackoff,
     snapshots: Option<SnapshotCodec<A>>,
 }
 
@@ -125,6 +175,7 @@ impl<A: Aggregate, S: Clone> Clone for Repository<A, S> {
             store: self.store.clone(),
             codec: self.codec.clone(),
             max_retries: self.max_retries,
+            backoff: self.backoff,
             snapshots: self.snapshots.clone(),
         }
     }
@@ -136,6 +187,7 @@ impl<A: Aggregate, S: std::fmt::Debug> std::fmt::Debug for Repository<A, S> {
             .field("category", &A::CATEGORY)
             .field("store", &self.store)
             .field("max_retries", &self.max_retries)
+            .field("backoff", &self.backoff)
             .finish()
     }
 }
@@ -147,6 +199,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             store,
             codec: JsonCodec::new(),
             max_retries: DEFAULT_COMMAND_RETRIES,
+            backoff: RetryBackoff::default(),
             snapshots: None,
         }
     }
@@ -184,6 +237,13 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         }
         self.max_retries = retries;
         Ok(self)
+    }
+
+    /// Waits as `backoff` says before each retry after a conflict ([`RetryBackoff::default`]
+    /// unless set; [`RetryBackoff::NONE`] retries at once).
+    pub fn with_backoff(mut self, backoff: RetryBackoff) -> Self {
+        self.backoff = backoff;
+        self
     }
 
     /// The store.
@@ -574,6 +634,10 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     if attempts > self.max_retries {
                         return Err(CommandError::TooManyConflicts { stream, attempts });
                     }
+                    let wait = self.backoff.delay(attempts);
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
                 }
                 // A concurrent run of the same command id stored its events first (with other
                 // metadata, say another correlation id): the next attempt finds them and
@@ -634,5 +698,33 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             attempts,
             repeated: true,
         }))
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::RetryBackoff;
+    use std::time::Duration;
+
+    #[test]
+    fn waits_grow_with_conflicts_up_to_the_cap_and_stay_under_their_ceiling() {
+        let backoff = RetryBackoff {
+            base: Duration::from_millis(1),
+            max: Duration::from_millis(10),
+        };
+        assert_eq!(backoff.ceiling(1), Duration::from_millis(1));
+        assert_eq!(backoff.ceiling(2), Duration::from_millis(2));
+        assert_eq!(backoff.ceiling(4), Duration::from_millis(8));
+        assert_eq!(backoff.ceiling(5), Duration::from_millis(10));
+        assert_eq!(backoff.ceiling(u32::MAX), Duration::from_millis(10));
+        for conflicts in 1..12 {
+            for _ in 0..50 {
+                assert!(backoff.delay(conflicts) <= backoff.ceiling(conflicts));
+            }
+        }
+        // Jitter: the waits after one conflict are not all the same.
+        let waits: std::collections::BTreeSet<_> = (0..50).map(|_| backoff.delay(3)).collect();
+        assert!(waits.len() > 1, "{waits:?}");
+        assert_eq!(RetryBackoff::NONE.delay(7), Duration::ZERO);
     }
 }

@@ -99,7 +99,7 @@ pub mod snapshot;
 pub mod store;
 pub mod upcasting;
 
-pub use aggregate::{Aggregate, CommandContext, Executed, Loaded, Repository};
+pub use aggregate::{Aggregate, CommandContext, Executed, Loaded, Repository, RetryBackoff};
 pub use codec::{DomainEvent, EncodedEvent, Envelope, JsonCodec, RawEvent, Upcasters};
 pub use error::{
     BoxError, CodecError, CommandError, ExistingEvent, InvalidAppend, InvalidStreamId,
