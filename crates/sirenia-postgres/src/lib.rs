@@ -268,14 +268,26 @@ impl Sql {
             bound: "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20",
             committed: format!("SELECT coalesce(max(position), 0) FROM {s}.events"),
             // Revisions hidden by a lifecycle change are below the stream's `readable_from`.
+            // A stream's revisions are dense (0, 1, 2, … whatever its lifecycle), so a page of
+            // n events from revision r is exactly the range [r, r + n) (backwards: (t - n, t]
+            // with t the lower of r and the stream's last revision).
+            // Both bounds are in SQL: with only one, a table whose statistics are stale (right
+            // after a bulk load) gets a bitmap scan of the rest of the stream and a sort, 800 ms
+            // per page of a 1,000,000-event stream instead of 8–23 ms.
             stream_forward: format!(
                 "{select} WHERE stream_id = $1 AND revision >= GREATEST($2, coalesce(\
                  (SELECT readable_from FROM {s}.streams WHERE stream_id = $1), 0)) \
+                 AND revision < GREATEST($2, coalesce(\
+                 (SELECT readable_from FROM {s}.streams WHERE stream_id = $1), 0)) + $3 \
                  ORDER BY revision LIMIT $3"
             ),
             stream_backward: format!(
-                "{select} WHERE stream_id = $1 AND revision <= $2 AND revision >= coalesce(\
+                "{select} WHERE stream_id = $1 AND revision >= coalesce(\
                  (SELECT readable_from FROM {s}.streams WHERE stream_id = $1), 0) \
+                 AND revision <= LEAST($2, \
+                 (SELECT version FROM {s}.streams WHERE stream_id = $1) - 1) \
+                 AND revision > LEAST($2, \
+                 (SELECT version FROM {s}.streams WHERE stream_id = $1) - 1) - $3 \
                  ORDER BY revision DESC LIMIT $3"
             ),
             select,
@@ -1403,13 +1415,16 @@ impl EventStore for PostgresStore {
         direction: Direction,
         max: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let sql = match direction {
-            Direction::Forward => &self.shared.sql.stream_forward,
-            Direction::Backward => &self.shared.sql.stream_backward,
+        let max = to_i64(max as u64);
+        let (sql, from) = match direction {
+            // No stream reaches revision 2^63 - max: the clamp keeps `from + max` in range.
+            Direction::Forward => (
+                &self.shared.sql.stream_forward,
+                to_i64(from).min(i64::MAX - max),
+            ),
+            Direction::Backward => (&self.shared.sql.stream_backward, to_i64(from)),
         };
-        let events = self
-            .query(sql, &[&stream.as_str(), &to_i64(from), &to_i64(max as u64)])
-            .await?;
+        let events = self.query(sql, &[&stream.as_str(), &from, &max]).await?;
         if events.is_empty() {
             // A tombstoned stream reads as an error, not as empty.
             sirenia_core::lifecycle::readable_from(
