@@ -125,6 +125,19 @@ fn emit(
     Ok(())
 }
 
+/// Emits an S4 row: `m` measured on streams of `length` events.
+fn s4_row(scenario: &str, label: &str, length: u64, m: &Measured) -> BoxResult<()> {
+    let streams = format!("{length}-event streams");
+    emit(
+        scenario,
+        format!("{label}, {streams}"),
+        &["sirenia repository", &streams],
+        m.events,
+        m.elapsed,
+        &m.latency,
+    )
+}
+
 /// Runs `ops` timed operations one after another; events = `ops` × `events_per_op`.
 async fn timed_ops<F, Fut>(ops: u64, events_per_op: u64, mut op: F) -> BoxResult<Measured>
 where
@@ -527,15 +540,7 @@ async fn cqrs_commands<ES: cqrs_es::EventStore<cqrs::Account>>(
             Ok(())
         })
         .await?;
-        let streams = format!("{length}-event streams");
-        emit(
-            scenario,
-            format!("{label}, {streams}"),
-            &["sirenia repository", &streams],
-            m.events,
-            m.elapsed,
-            &m.latency,
-        )?;
+        s4_row(scenario, label, length, &m)?;
     }
     Ok(())
 }
@@ -768,15 +773,7 @@ async fn disintegrate_commands(peer: &Disintegrate, ops: u64) -> BoxResult<()> {
             Ok(())
         })
         .await?;
-        let streams = format!("{length}-event streams");
-        emit(
-            "S4 postgres command cycle",
-            format!("{}, {streams}", peer.label()),
-            &["sirenia repository", &streams],
-            m.events,
-            m.elapsed,
-            &m.latency,
-        )?;
+        s4_row("S4 postgres command cycle", &peer.label(), length, &m)?;
     }
     Ok(())
 }
@@ -964,15 +961,7 @@ async fn esrs_commands(peer: &Esrs, ops: u64) -> BoxResult<()> {
             esrs_deposit(manager, id(k % STREAMS)).await
         })
         .await?;
-        let streams = format!("{length}-event streams");
-        emit(
-            "S4 postgres command cycle",
-            format!("{}, {streams}", peer.label()),
-            &["sirenia repository", &streams],
-            m.events,
-            m.elapsed,
-            &m.latency,
-        )?;
+        s4_row("S4 postgres command cycle", &peer.label(), length, &m)?;
     }
     Ok(())
 }

@@ -133,13 +133,7 @@ pub(crate) async fn recoveries(
         // Sirenia: open the store (lock, migration check, writer start) and append one event.
         let t0 = Instant::now();
         let store = SqliteStore::open(&path).await?;
-        store
-            .append(vec![StreamWrite::new(
-                StreamId::new("after-1")?,
-                ExpectedVersion::NoStream,
-                vec![NewEvent::json("Tick", &serde_json::json!({}))],
-            )])
-            .await?;
+        first_append(&store, "after-1".to_owned()).await?;
         ours_total += t0.elapsed();
         record(&mut ours_latency, t0)?;
         drop(store);
@@ -199,13 +193,7 @@ pub(crate) async fn pg_recoveries(
                 let _ = connection.await;
             } else {
                 let store = pg_store(url, ours).await?;
-                store
-                    .append(vec![StreamWrite::new(
-                        StreamId::new(format!("after-{round}"))?,
-                        ExpectedVersion::NoStream,
-                        vec![NewEvent::json("Tick", &serde_json::json!({}))],
-                    )])
-                    .await?;
+                first_append(&store, format!("after-{round}")).await?;
                 ours_total += t0.elapsed();
                 record(&mut ours_latency, t0)?;
                 drop(store);
@@ -217,6 +205,18 @@ pub(crate) async fn pg_recoveries(
         (raw_total, raw_latency),
         (ours_total, ours_latency),
     ))
+}
+
+/// The append that shows a reopened store writable: one event to a new stream.
+async fn first_append<S: EventStore>(store: &S, stream: String) -> BenchResult<()> {
+    store
+        .append(vec![StreamWrite::new(
+            StreamId::new(stream)?,
+            ExpectedVersion::NoStream,
+            vec![NewEvent::json("Tick", &serde_json::json!({}))],
+        )])
+        .await?;
+    Ok(())
 }
 
 /// (raw, ours) measurements of `rounds` recoveries each.
