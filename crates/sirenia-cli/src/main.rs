@@ -9,7 +9,11 @@
 //! sirenia --store bank-data/bank.db copy --to postgresql://localhost/app
 //! sirenia --store bank-data/bank.db --upcasters upcasters.json read account-42
 //! sirenia --store bank-data/bank.db truncate account-42 --before 100
+//! sirenia --store bank-data/bank.db serve --listen 127.0.0.1:2113
 //! ```
+//!
+//! `serve` runs an event store server that EventStoreDB/KurrentDB gRPC clients use unmodified
+//! (`esdb://127.0.0.1:2113?tls=false`); see the `sirenia-grpc` crate.
 //!
 //! `--store` (or `SIRENIA_STORE`) is a file path (the embedded store) or a `postgres://` URL.
 //! Long operations show a progress bar with rate and ETA on a terminal; output stays plain
@@ -140,6 +144,24 @@ enum Command {
         #[arg(long)]
         before: u64,
     },
+    /// Serves the store over the EventStoreDB/KurrentDB gRPC client protocol (streams, `$all`,
+    /// catch-up subscriptions, delete and tombstone) until interrupted. Insecure (plain HTTP/2,
+    /// no users) unless TLS or users are given.
+    Serve {
+        /// The address to listen on (port 0: any free port; the address is printed).
+        #[arg(long, default_value = "127.0.0.1:2113")]
+        listen: std::net::SocketAddr,
+        /// A user allowed in with basic authentication, as `name:password` (repeatable; none:
+        /// no authentication).
+        #[arg(long = "user", env = "SIRENIA_SERVE_USERS", value_delimiter = ',')]
+        users: Vec<String>,
+        /// The server's TLS certificate chain (PEM); needs --tls-key.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The server's TLS private key (PEM); needs --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+    },
     /// Copies the whole log into another store (for example embedded → PostgreSQL).
     Copy {
         /// The target store: a file path or a postgres:// URL.
@@ -227,6 +249,15 @@ enum CliError {
         path: String,
         source: sirenia::CodecError,
     },
+    #[error("--user {0:?}: expected name:password")]
+    User(String),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Serve(#[from] sirenia_grpc::ServeError),
 }
 
 /// Whether a command writes to the store.
@@ -722,9 +753,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     };
     let (access, checked) = match &cli.command {
         Command::Import { file } => (Access::Write, check_file(file)?),
-        Command::Delete { .. } | Command::Tombstone { .. } | Command::Truncate { .. } => {
-            (Access::Write, 0)
-        }
+        Command::Delete { .. }
+        | Command::Tombstone { .. }
+        | Command::Truncate { .. }
+        | Command::Serve { .. } => (Access::Write, 0),
         _ => (Access::Read, 0),
     };
     let store = open(&location, &cli.pg_schema, access).await?;
@@ -763,6 +795,81 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Export { file } => export(&store, &file).await,
         Command::Import { file } => import(&store, &file, checked).await,
         Command::Copy { to, to_pg_schema } => copy(&store, &to, &to_pg_schema).await,
+        Command::Serve {
+            listen,
+            users,
+            tls_cert,
+            tls_key,
+        } => serve(store, listen, users, tls_cert.zip(tls_key)).await,
+    }
+}
+
+/// Runs the gRPC server until Ctrl-C or SIGTERM; prints the address it listens on.
+async fn serve(
+    store: AnyStore,
+    listen: std::net::SocketAddr,
+    users: Vec<String>,
+    tls: Option<(PathBuf, PathBuf)>,
+) -> Result<(), CliError> {
+    let users = users
+        .into_iter()
+        .map(|u| sirenia_grpc::User::parse(&u).ok_or(CliError::User(u)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| CliError::File {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let tls = match tls {
+        None => None,
+        Some((cert, key)) => Some(sirenia_grpc::TlsIdentity {
+            certificate_pem: read(&cert)?,
+            key_pem: read(&key)?,
+        }),
+    };
+    let scheme = if tls.is_some() {
+        "tls=true"
+    } else {
+        "tls=false"
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| CliError::Listen {
+            address: listen,
+            source,
+        })?;
+    let address = listener.local_addr().map_err(|source| CliError::Listen {
+        address: listen,
+        source,
+    })?;
+    let mut err = std::io::stderr();
+    let _ = writeln!(err, "sirenia: serving esdb://{address}?{scheme}");
+    let options = sirenia_grpc::ServeOptions { users, tls };
+    sirenia_grpc::serve(store, listener, options, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or (on Unix) SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

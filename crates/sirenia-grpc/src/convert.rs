@@ -1,0 +1,324 @@
+//! Between the client protocol's messages and Sirenia's model: stream names, event ids,
+//! expected revisions, metadata and errors.
+
+use std::collections::HashMap;
+
+use ::uuid::Uuid;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use sirenia_core::{
+    EventId, ExpectedVersion, Limit, Metadata, NewEvent, RecordedEvent, StoreError, StreamId,
+};
+use tonic::Status;
+use tonic::metadata::MetadataValue;
+
+use crate::proto::client::{StreamIdentifier, Uuid as ProtoUuid, uuid};
+use crate::proto::streams::read_resp::read_event::RecordedEvent as ProtoRecorded;
+
+/// The name of the global log in the protocol; it cannot be written to.
+pub(crate) const ALL_STREAM: &str = "$all";
+
+/// The custom-metadata key holding the correlation id (EventStoreDB's convention).
+pub const CORRELATION_ID_KEY: &str = "$correlationId";
+/// The custom-metadata key holding the causation id (EventStoreDB's convention).
+pub const CAUSATION_ID_KEY: &str = "$causationId";
+/// The user-metadata key keeping custom metadata that is not a JSON object (or whose
+/// correlation or causation id is not a string), as the exact UTF-8 text the client sent.
+pub const RAW_METADATA_KEY: &str = "$esdbMetadata";
+/// As [`RAW_METADATA_KEY`], for custom metadata that is not UTF-8: the bytes in base64.
+pub const RAW_METADATA_BASE64_KEY: &str = "$esdbMetadataBase64";
+
+/// 100-nanosecond ticks per microsecond: the protocol's `created` is in ticks since the Unix
+/// epoch, Sirenia's timestamps in microseconds.
+const TICKS_PER_MICROSECOND: u64 = 10;
+
+/// The stream named by `identifier`, or INVALID_ARGUMENT.
+pub(crate) fn stream_id(identifier: Option<&StreamIdentifier>) -> Result<StreamId, Status> {
+    let identifier =
+        identifier.ok_or_else(|| Status::invalid_argument("stream_identifier is missing"))?;
+    let name = std::str::from_utf8(&identifier.stream_name)
+        .map_err(|_| Status::invalid_argument("the stream name is not UTF-8"))?;
+    StreamId::new(name).map_err(|e| Status::invalid_argument(format!("stream name: {e}")))
+}
+
+/// A stream name as the protocol sends it.
+pub(crate) fn stream_identifier(stream: &StreamId) -> StreamIdentifier {
+    StreamIdentifier {
+        stream_name: Bytes::copy_from_slice(stream.as_str().as_bytes()),
+    }
+}
+
+/// The UUID in `id`, or INVALID_ARGUMENT.
+pub(crate) fn uuid_of(id: Option<&ProtoUuid>) -> Result<Uuid, Status> {
+    match id.and_then(|id| id.value.as_ref()) {
+        Some(uuid::Value::Structured(s)) => {
+            let mut bytes = [0u8; 16];
+            bytes[..8].copy_from_slice(&s.most_significant_bits.to_be_bytes());
+            bytes[8..].copy_from_slice(&s.least_significant_bits.to_be_bytes());
+            Ok(Uuid::from_bytes(bytes))
+        }
+        Some(uuid::Value::String(text)) => Uuid::parse_str(text)
+            .map_err(|e| Status::invalid_argument(format!("event id {text:?}: {e}"))),
+        None => Err(Status::invalid_argument("an event id is missing")),
+    }
+}
+
+/// `id` in the form the client asked for.
+pub(crate) fn proto_uuid(id: Uuid, structured: bool) -> ProtoUuid {
+    let value = if structured {
+        let bytes = id.as_bytes();
+        let (high, low) = bytes.split_at(8);
+        let mut most = [0u8; 8];
+        let mut least = [0u8; 8];
+        most.copy_from_slice(high);
+        least.copy_from_slice(low);
+        uuid::Value::Structured(uuid::Structured {
+            most_significant_bits: i64::from_be_bytes(most),
+            least_significant_bits: i64::from_be_bytes(least),
+        })
+    } else {
+        uuid::Value::String(id.to_string())
+    };
+    ProtoUuid { value: Some(value) }
+}
+
+/// The protocol's expected revision (`revision` is the revision of the stream's last event)
+/// as a Sirenia expected version (the stream's number of events).
+pub(crate) fn expected_revision(
+    revision: Option<u64>,
+    no_stream: bool,
+    any: bool,
+    stream_exists: bool,
+) -> Result<ExpectedVersion, Status> {
+    match (revision, no_stream, any, stream_exists) {
+        (Some(r), false, false, false) => r
+            .checked_add(1)
+            .map(ExpectedVersion::Exact)
+            .ok_or_else(|| Status::invalid_argument("the expected revision is out of range")),
+        (None, true, false, false) => Ok(ExpectedVersion::NoStream),
+        (None, false, true, false) => Ok(ExpectedVersion::Any),
+        (None, false, false, true) => Ok(ExpectedVersion::StreamExists),
+        _ => Err(Status::invalid_argument(
+            "the expected stream revision is missing",
+        )),
+    }
+}
+
+/// The protocol's current revision for a stream of `version` events: `None` for no stream.
+pub(crate) fn current_revision(version: Option<u64>) -> Option<u64> {
+    version.filter(|v| *v > 0).map(|v| v - 1)
+}
+
+/// The number the protocol's error trailers use for an expectation: the revision, or -1 (no
+/// stream), -2 (any), -4 (stream exists).
+fn expected_trailer(expected: ExpectedVersion) -> i64 {
+    match expected {
+        ExpectedVersion::Exact(v) => i64::try_from(v).map_or(i64::MAX, |v| v - 1),
+        ExpectedVersion::NoStream => -1,
+        ExpectedVersion::Any => -2,
+        ExpectedVersion::StreamExists => -4,
+    }
+}
+
+/// Custom metadata (bytes) as Sirenia metadata.
+///
+/// A JSON object maps to fields: `$correlationId` and `$causationId` (strings) to the
+/// correlation and causation ids, every other key to the user map. Anything else (not JSON, not
+/// an object, a non-string id) is kept exactly, under [`RAW_METADATA_KEY`] (UTF-8 text) or
+/// [`RAW_METADATA_BASE64_KEY`] (other bytes).
+pub fn metadata_from_custom(custom: &[u8]) -> Metadata {
+    if custom.is_empty() {
+        return Metadata::default();
+    }
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(custom)
+    {
+        let mut metadata = Metadata::default();
+        let mut structured = true;
+        for (key, value) in map {
+            match (key.as_str(), value) {
+                (CORRELATION_ID_KEY, serde_json::Value::String(id)) => {
+                    metadata.correlation_id = Some(id);
+                }
+                (CAUSATION_ID_KEY, serde_json::Value::String(id)) => {
+                    metadata.causation_id = Some(id);
+                }
+                (CORRELATION_ID_KEY | CAUSATION_ID_KEY | RAW_METADATA_KEY, _)
+                | (RAW_METADATA_BASE64_KEY, _) => structured = false,
+                (_, value) => {
+                    metadata.user.insert(key, value);
+                }
+            }
+        }
+        if structured {
+            return metadata;
+        }
+    }
+    let raw = match std::str::from_utf8(custom) {
+        Ok(text) => (RAW_METADATA_KEY, text.to_owned()),
+        Err(_) => (RAW_METADATA_BASE64_KEY, BASE64.encode(custom)),
+    };
+    Metadata::default().with(raw.0, serde_json::Value::String(raw.1))
+}
+
+/// Sirenia metadata as custom metadata: the bytes kept by [`metadata_from_custom`], or a
+/// compact JSON object (`$correlationId`, `$causationId`, then the user keys in order); empty
+/// when there is no metadata.
+pub fn custom_from_metadata(metadata: &Metadata) -> Bytes {
+    if metadata.correlation_id.is_none() && metadata.causation_id.is_none() {
+        if metadata.user.is_empty() {
+            return Bytes::new();
+        }
+        if metadata.user.len() == 1 {
+            match metadata.user.iter().next() {
+                Some((key, serde_json::Value::String(text))) if key == RAW_METADATA_KEY => {
+                    return Bytes::from(text.clone().into_bytes());
+                }
+                Some((key, serde_json::Value::String(text))) if key == RAW_METADATA_BASE64_KEY => {
+                    if let Ok(bytes) = BASE64.decode(text) {
+                        return Bytes::from(bytes);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut object = serde_json::Map::new();
+    if let Some(id) = &metadata.correlation_id {
+        object.insert(CORRELATION_ID_KEY.to_owned(), id.clone().into());
+    }
+    if let Some(id) = &metadata.causation_id {
+        object.insert(CAUSATION_ID_KEY.to_owned(), id.clone().into());
+    }
+    let mut text = String::from("{");
+    let mut first = true;
+    let entries = object.iter().chain(metadata.user.iter());
+    for (key, value) in entries {
+        if !first {
+            text.push(',');
+        }
+        first = false;
+        // Serializing strings and `Value`s cannot fail.
+        text.push_str(&serde_json::to_string(key).unwrap_or_default());
+        text.push(':');
+        text.push_str(&serde_json::to_string(value).unwrap_or_default());
+    }
+    text.push('}');
+    Bytes::from(text.into_bytes())
+}
+
+/// A proposed message as a Sirenia event.
+pub(crate) fn new_event(
+    id: Option<&ProtoUuid>,
+    mut metadata: HashMap<String, String>,
+    custom_metadata: &[u8],
+    data: Bytes,
+) -> Result<NewEvent, Status> {
+    let id = uuid_of(id)?;
+    let event_type = metadata
+        .remove("type")
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Status::invalid_argument("an event has no type (metadata \"type\")"))?;
+    let content_type = metadata
+        .remove("content-type")
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| "application/octet-stream".to_owned());
+    Ok(NewEvent::raw(event_type, content_type, data)
+        .with_id(EventId(id))
+        .with_metadata(metadata_from_custom(custom_metadata)))
+}
+
+/// A stored event as the protocol's recorded event.
+pub(crate) fn recorded(event: &RecordedEvent, structured_ids: bool) -> ProtoRecorded {
+    let created = event
+        .recorded_at
+        .as_micros()
+        .saturating_mul(TICKS_PER_MICROSECOND);
+    let metadata = HashMap::from([
+        ("type".to_owned(), event.event_type.clone()),
+        ("content-type".to_owned(), event.content_type.clone()),
+        ("created".to_owned(), created.to_string()),
+    ]);
+    ProtoRecorded {
+        id: Some(proto_uuid(event.id.0, structured_ids)),
+        stream_identifier: Some(stream_identifier(&event.stream_id)),
+        stream_revision: event.revision,
+        prepare_position: event.position.get(),
+        commit_position: event.position.get(),
+        metadata,
+        custom_metadata: custom_from_metadata(&event.metadata),
+        data: event.data.clone(),
+    }
+}
+
+/// A status with the `exception` trailer the clients map to their typed errors, plus more.
+fn with_trailers(mut status: Status, exception: &str, extra: &[(&'static str, String)]) -> Status {
+    let metadata = status.metadata_mut();
+    if let Ok(value) = MetadataValue::try_from(exception) {
+        metadata.insert("exception", value);
+    }
+    for (key, value) in extra {
+        if let Ok(value) = MetadataValue::try_from(value.as_str()) {
+            metadata.insert(*key, value);
+        }
+    }
+    status
+}
+
+/// The status for a tombstoned stream: FAILED_PRECONDITION, `exception: stream-deleted`.
+pub(crate) fn stream_deleted(stream: &StreamId) -> Status {
+    with_trailers(
+        Status::failed_precondition(format!("stream {stream} is deleted")),
+        "stream-deleted",
+        &[("stream-name", stream.as_str().to_owned())],
+    )
+}
+
+/// A store error as a gRPC status the clients understand.
+pub(crate) fn status(error: StoreError) -> Status {
+    match error {
+        StoreError::Conflict {
+            stream,
+            expected,
+            actual,
+        } => with_trailers(
+            Status::failed_precondition(format!(
+                "wrong expected version on stream {stream}: expected {expected}, actual {}",
+                actual.map_or_else(|| "no stream".to_owned(), |v| v.to_string())
+            )),
+            "wrong-expected-version",
+            &[
+                ("stream-name", stream.as_str().to_owned()),
+                ("expected-version", expected_trailer(expected).to_string()),
+                (
+                    "actual-version",
+                    current_revision(actual)
+                        .map_or(-1, |r| i64::try_from(r).unwrap_or(i64::MAX))
+                        .to_string(),
+                ),
+            ],
+        ),
+        StoreError::StreamTombstoned { stream } => stream_deleted(&stream),
+        StoreError::LimitExceeded {
+            limit: Limit::EventBytes | Limit::AppendBytes | Limit::EventsPerAppend,
+            max,
+            ..
+        } => with_trailers(
+            Status::invalid_argument(error.to_string()),
+            "maximum-append-size-exceeded",
+            &[("maximum-append-size", max.to_string())],
+        ),
+        StoreError::LimitExceeded { .. }
+        | StoreError::InvalidAppend(_)
+        | StoreError::InvalidStreamId(_)
+        | StoreError::InvalidOptions { .. }
+        | StoreError::RevisionOutOfRange { .. } => Status::invalid_argument(error.to_string()),
+        StoreError::EventIdReused { .. } => Status::already_exists(error.to_string()),
+        StoreError::StreamNotFound { .. } => Status::not_found(error.to_string()),
+        StoreError::WritesDisabled { .. } | StoreError::Backend { .. } | StoreError::Closed => {
+            Status::unavailable(error.to_string())
+        }
+        StoreError::Corrupt { .. } => Status::data_loss(error.to_string()),
+        other => Status::internal(other.to_string()),
+    }
+}

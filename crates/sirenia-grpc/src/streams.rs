@@ -1,0 +1,728 @@
+//! The `Streams` service: read and subscribe, append, delete, tombstone.
+
+use std::pin::Pin;
+
+use futures_util::{Stream, StreamExt};
+use sirenia_core::limits::{DEFAULT_PAGE_SIZE, MAX_APPEND_BYTES, MAX_EVENTS_PER_APPEND};
+use sirenia_core::{
+    Direction, EventFilter, EventStore, ExpectedVersion, Limit, Position, ReadAll, ReadStream,
+    RecordedEvent, StoreError, StreamChange, StreamId, StreamStatus, StreamWrite, Subscribe,
+    SubscriptionItem,
+};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+use uuid::Uuid;
+
+use crate::convert::{self, ALL_STREAM, current_revision, stream_identifier};
+use crate::filter::LogFilter;
+use crate::proto::client::Empty;
+use crate::proto::streams::read_req::options::{
+    self as read_options, AllOptions, StreamOptions, all_options, stream_options,
+};
+use crate::proto::streams::read_resp::{self, ReadEvent, read_event};
+use crate::proto::streams::{
+    AppendReq, AppendResp, DeleteReq, DeleteResp, ReadReq, ReadResp, TombstoneReq, TombstoneResp,
+    append_req, append_resp, delete_req, delete_resp, streams_server, tombstone_req,
+    tombstone_resp,
+};
+
+/// Responses buffered per read before the reader waits for the client.
+pub const READ_CHANNEL_CAPACITY: usize = 64;
+
+type Responses = mpsc::Sender<Result<ReadResp, Status>>;
+
+/// The `event_store.client.streams.Streams` service over any Sirenia store.
+#[derive(Clone, Debug)]
+pub struct StreamsService<S> {
+    store: S,
+}
+
+impl<S: EventStore> StreamsService<S> {
+    /// The service over `store`.
+    pub fn new(store: S) -> Self {
+        StreamsService { store }
+    }
+}
+
+/// Where a read starts in a stream.
+#[derive(Debug, Clone, Copy)]
+enum Revision {
+    Start,
+    End,
+    At(u64),
+}
+
+/// Where a read starts in the log.
+#[derive(Debug, Clone, Copy)]
+enum LogPoint {
+    Start,
+    End,
+    At(u64),
+}
+
+/// What a read asks for, validated before anything is sent.
+#[derive(Debug)]
+enum Plan {
+    ReadStream {
+        stream: StreamId,
+        from: Revision,
+        direction: Direction,
+        count: u64,
+    },
+    ReadAll {
+        from: LogPoint,
+        direction: Direction,
+        count: u64,
+        filter: Option<LogFilter>,
+    },
+    SubscribeStream {
+        stream: StreamId,
+        from: Revision,
+    },
+    SubscribeAll {
+        from: LogPoint,
+        filter: Option<LogFilter>,
+    },
+}
+
+fn parse_read(request: ReadReq) -> Result<(Plan, bool), Status> {
+    let options = request
+        .options
+        .ok_or_else(|| Status::invalid_argument("the read has no options"))?;
+    let structured_ids = matches!(
+        options
+            .uuid_option
+            .as_ref()
+            .and_then(|o| o.content.as_ref()),
+        Some(read_options::uuid_option::Content::Structured(_))
+    );
+    let direction = match read_options::ReadDirection::try_from(options.read_direction) {
+        Ok(read_options::ReadDirection::Forwards) => Direction::Forward,
+        Ok(read_options::ReadDirection::Backwards) => Direction::Backward,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "unknown read direction {}",
+                options.read_direction
+            )));
+        }
+    };
+    let filter = match &options.filter_option {
+        Some(read_options::FilterOption::Filter(filter)) => Some(LogFilter::parse(filter)?),
+        Some(read_options::FilterOption::NoFilter(_)) | None => None,
+    };
+    let subscribe = match options.count_option {
+        Some(read_options::CountOption::Count(count)) => Some(count),
+        Some(read_options::CountOption::Subscription(_)) => None,
+        None => {
+            return Err(Status::invalid_argument(
+                "the read has neither count nor subscription",
+            ));
+        }
+    };
+    if subscribe.is_none() && direction == Direction::Backward {
+        return Err(Status::invalid_argument(
+            "a subscription reads forwards only",
+        ));
+    }
+    let plan = match options.stream_option {
+        Some(read_options::StreamOption::Stream(StreamOptions {
+            stream_identifier,
+            revision_option,
+        })) => {
+            let stream = convert::stream_id(stream_identifier.as_ref())?;
+            if filter.is_some() {
+                return Err(Status::invalid_argument("filters apply to $all only"));
+            }
+            let from = match revision_option {
+                Some(stream_options::RevisionOption::Start(_)) => Revision::Start,
+                Some(stream_options::RevisionOption::End(_)) => Revision::End,
+                Some(stream_options::RevisionOption::Revision(r)) => Revision::At(r),
+                None => return Err(Status::invalid_argument("the read names no revision")),
+            };
+            match subscribe {
+                Some(count) => Plan::ReadStream {
+                    stream,
+                    from,
+                    direction,
+                    count,
+                },
+                None => Plan::SubscribeStream { stream, from },
+            }
+        }
+        Some(read_options::StreamOption::All(AllOptions { all_option })) => {
+            let from = match all_option {
+                Some(all_options::AllOption::Start(_)) => LogPoint::Start,
+                Some(all_options::AllOption::End(_)) => LogPoint::End,
+                Some(all_options::AllOption::Position(p)) => LogPoint::At(p.commit_position),
+                None => return Err(Status::invalid_argument("the read names no position")),
+            };
+            match subscribe {
+                Some(count) => Plan::ReadAll {
+                    from,
+                    direction,
+                    count,
+                    filter,
+                },
+                None => Plan::SubscribeAll { from, filter },
+            }
+        }
+        None => {
+            return Err(Status::invalid_argument(
+                "the read names neither a stream nor $all",
+            ));
+        }
+    };
+    Ok((plan, structured_ids))
+}
+
+fn content(content: read_resp::Content) -> ReadResp {
+    ReadResp {
+        content: Some(content),
+    }
+}
+
+fn event_response(event: &RecordedEvent, structured_ids: bool) -> ReadResp {
+    content(read_resp::Content::Event(ReadEvent {
+        event: Some(convert::recorded(event, structured_ids)),
+        link: None,
+        position: Some(read_event::Position::CommitPosition(event.position.get())),
+    }))
+}
+
+fn checkpoint(position: Position) -> ReadResp {
+    content(read_resp::Content::Checkpoint(read_resp::Checkpoint {
+        commit_position: position.get(),
+        prepare_position: position.get(),
+    }))
+}
+
+/// Sends `response`; `false` once the client has gone.
+async fn send(tx: &Responses, response: ReadResp) -> bool {
+    tx.send(Ok(response)).await.is_ok()
+}
+
+/// Waits for `future` unless the client goes first (`None`).
+async fn unless_gone<T>(tx: &Responses, future: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        value = future => Some(value),
+        () = tx.closed() => None,
+    }
+}
+
+fn page_size(count: u64) -> usize {
+    usize::try_from(count).map_or(DEFAULT_PAGE_SIZE, |c| c.clamp(1, DEFAULT_PAGE_SIZE))
+}
+
+impl<S: EventStore> StreamsService<S> {
+    async fn run(&self, plan: Plan, structured_ids: bool, tx: &Responses) -> Result<(), Status> {
+        match plan {
+            Plan::ReadStream {
+                stream,
+                from,
+                direction,
+                count,
+            } => {
+                self.read_stream(stream, from, direction, count, structured_ids, tx)
+                    .await
+            }
+            Plan::ReadAll {
+                from,
+                direction,
+                count,
+                filter,
+            } => {
+                self.read_all(from, direction, count, filter, structured_ids, tx)
+                    .await
+            }
+            Plan::SubscribeStream { stream, from } => {
+                self.subscribe_stream(stream, from, structured_ids, tx)
+                    .await
+            }
+            Plan::SubscribeAll { from, filter } => {
+                self.subscribe_all(from, filter, structured_ids, tx).await
+            }
+        }
+    }
+
+    async fn read_stream(
+        &self,
+        stream: StreamId,
+        from: Revision,
+        direction: Direction,
+        count: u64,
+        structured_ids: bool,
+        tx: &Responses,
+    ) -> Result<(), Status> {
+        let info = self
+            .store
+            .stream_info(&stream)
+            .await
+            .map_err(convert::status)?;
+        let version = match info {
+            Some(info) if info.status == StreamStatus::Tombstoned => {
+                return Err(convert::stream_deleted(&stream));
+            }
+            Some(info) => info.visible_version(),
+            None => None,
+        };
+        let Some(version) = version else {
+            send(
+                tx,
+                content(read_resp::Content::StreamNotFound(
+                    read_resp::StreamNotFound {
+                        stream_identifier: Some(stream_identifier(&stream)),
+                    },
+                )),
+            )
+            .await;
+            return Ok(());
+        };
+        if count == 0 {
+            return Ok(());
+        }
+        let from = match (from, direction) {
+            (Revision::Start, _) => 0,
+            (Revision::End, Direction::Forward) => version,
+            (Revision::End, Direction::Backward) => u64::MAX,
+            (Revision::At(r), _) => r,
+        };
+        let mut events = self.store.read_stream(
+            &stream,
+            ReadStream {
+                direction,
+                from,
+                limit: Some(count),
+                page_size: page_size(count),
+            },
+        );
+        while let Some(event) = events.next().await {
+            let event = event.map_err(convert::status)?;
+            if !send(tx, event_response(&event, structured_ids)).await {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_all(
+        &self,
+        from: LogPoint,
+        direction: Direction,
+        count: u64,
+        filter: Option<LogFilter>,
+        structured_ids: bool,
+        tx: &Responses,
+    ) -> Result<(), Status> {
+        if count == 0 {
+            return Ok(());
+        }
+        // Forward reads include the event at the position given; backward reads start
+        // before it, as EventStoreDB's do.
+        let from = match (from, direction) {
+            (LogPoint::Start, _) => Position::START,
+            (LogPoint::End, _) => Position::END,
+            (LogPoint::At(p), Direction::Forward) => Position(p),
+            (LogPoint::At(0), Direction::Backward) => return Ok(()),
+            (LogPoint::At(p), Direction::Backward) => Position(p - 1),
+        };
+        let mut events = self.store.read_all(ReadAll {
+            direction,
+            from,
+            filter: EventFilter::all(),
+            limit: if filter.is_some() { None } else { Some(count) },
+            page_size: page_size(count),
+        });
+        let mut sent = 0u64;
+        while sent < count {
+            let Some(event) = events.next().await else {
+                break;
+            };
+            let event = event.map_err(convert::status)?;
+            if filter.as_ref().is_some_and(|f| !f.matches(&event)) {
+                continue;
+            }
+            if !send(tx, event_response(&event, structured_ids)).await {
+                break;
+            }
+            sent += 1;
+        }
+        Ok(())
+    }
+
+    /// A subscription to one stream reads the stream by revision (revisions are dense, so no
+    /// event can be passed over) and waits on the log's wake-ups between reads.
+    async fn subscribe_stream(
+        &self,
+        stream: StreamId,
+        from: Revision,
+        structured_ids: bool,
+        tx: &Responses,
+    ) -> Result<(), Status> {
+        let version = self
+            .store
+            .stream_version(&stream)
+            .await
+            .map_err(convert::status)?;
+        let mut next = match from {
+            Revision::Start => 0,
+            Revision::End => version.unwrap_or(0),
+            Revision::At(r) => r.saturating_add(1),
+        };
+        if !send(tx, confirmation()).await {
+            return Ok(());
+        }
+        let mut caught_up = false;
+        loop {
+            // Every event committed below this bound is visible to the read that follows, and
+            // any later one wakes the wait below.
+            let head = self.store.head_position().await.map_err(convert::status)?;
+            let page = self
+                .store
+                .read_stream_page(&stream, next, Direction::Forward, DEFAULT_PAGE_SIZE)
+                .await
+                .map_err(convert::status)?;
+            let full = page.len() == DEFAULT_PAGE_SIZE;
+            for event in &page {
+                if !send(tx, event_response(event, structured_ids)).await {
+                    return Ok(());
+                }
+                next = event.revision + 1;
+            }
+            if full {
+                continue;
+            }
+            if !caught_up {
+                caught_up = true;
+                if !send(
+                    tx,
+                    content(read_resp::Content::CaughtUp(read_resp::CaughtUp {})),
+                )
+                .await
+                {
+                    return Ok(());
+                }
+            }
+            match unless_gone(tx, self.store.wait_for_events(head.next())).await {
+                None => return Ok(()),
+                Some(result) => result.map_err(convert::status)?,
+            }
+        }
+    }
+
+    async fn subscribe_all(
+        &self,
+        from: LogPoint,
+        filter: Option<LogFilter>,
+        structured_ids: bool,
+        tx: &Responses,
+    ) -> Result<(), Status> {
+        let from = match from {
+            LogPoint::Start => Position::START,
+            LogPoint::At(p) => Position(p).next(),
+            LogPoint::End => {
+                let head = self.store.head_position().await.map_err(convert::status)?;
+                head.next()
+            }
+        };
+        let mut subscription = self.store.subscribe(Subscribe {
+            from,
+            filter: EventFilter::all(),
+            page_size: DEFAULT_PAGE_SIZE,
+        });
+        if !send(tx, confirmation()).await {
+            return Ok(());
+        }
+        let mut examined = 0u64;
+        let mut last = None;
+        loop {
+            let item = match unless_gone(tx, subscription.next()).await {
+                None | Some(None) => return Ok(()),
+                Some(Some(item)) => item.map_err(convert::status)?,
+            };
+            match item {
+                SubscriptionItem::Event(event) => {
+                    let position = event.position;
+                    let passes = filter.as_ref().is_none_or(|f| f.matches(&event));
+                    if passes && !send(tx, event_response(&event, structured_ids)).await {
+                        return Ok(());
+                    }
+                    if let Some(filter) = &filter {
+                        examined += 1;
+                        last = Some(position);
+                        if examined >= filter.checkpoint_interval {
+                            examined = 0;
+                            if !send(tx, checkpoint(position)).await {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+                SubscriptionItem::CaughtUp { head } => {
+                    if filter.is_some() && head >= from {
+                        examined = 0;
+                        let at = last.map_or(head, |l: Position| l.max(head));
+                        if !send(tx, checkpoint(at)).await {
+                            return Ok(());
+                        }
+                    }
+                    if !send(
+                        tx,
+                        content(read_resp::Content::CaughtUp(read_resp::CaughtUp {})),
+                    )
+                    .await
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn confirmation() -> ReadResp {
+    content(read_resp::Content::Confirmation(
+        read_resp::SubscriptionConfirmation {
+            subscription_id: Uuid::now_v7().to_string(),
+        },
+    ))
+}
+
+type ReadResponses = Pin<Box<dyn Stream<Item = Result<ReadResp, Status>> + Send>>;
+
+fn append_expected(
+    option: Option<append_req::options::ExpectedStreamRevision>,
+) -> Result<ExpectedVersion, Status> {
+    use append_req::options::ExpectedStreamRevision as E;
+    match option {
+        Some(E::Revision(r)) => convert::expected_revision(Some(r), false, false, false),
+        Some(E::NoStream(_)) => Ok(ExpectedVersion::NoStream),
+        Some(E::Any(_)) => Ok(ExpectedVersion::Any),
+        Some(E::StreamExists(_)) => Ok(ExpectedVersion::StreamExists),
+        None => convert::expected_revision(None, false, false, false),
+    }
+}
+
+fn wrong_expected_version(
+    expected: ExpectedVersion,
+    actual: Option<u64>,
+) -> append_resp::WrongExpectedVersion {
+    use append_resp::wrong_expected_version::{
+        CurrentRevisionOption, CurrentRevisionOption2060, ExpectedRevisionOption,
+        ExpectedRevisionOption2060,
+    };
+    let (current, current_legacy) = match current_revision(actual) {
+        Some(r) => (
+            CurrentRevisionOption::CurrentRevision(r),
+            CurrentRevisionOption2060::CurrentRevision2060(r),
+        ),
+        None => (
+            CurrentRevisionOption::CurrentNoStream(Empty {}),
+            CurrentRevisionOption2060::NoStream2060(Empty {}),
+        ),
+    };
+    let (expected, expected_legacy) = match expected {
+        ExpectedVersion::Exact(v) => {
+            let r = v.saturating_sub(1);
+            (
+                ExpectedRevisionOption::ExpectedRevision(r),
+                Some(ExpectedRevisionOption2060::ExpectedRevision2060(r)),
+            )
+        }
+        ExpectedVersion::Any => (
+            ExpectedRevisionOption::ExpectedAny(Empty {}),
+            Some(ExpectedRevisionOption2060::Any2060(Empty {})),
+        ),
+        ExpectedVersion::StreamExists => (
+            ExpectedRevisionOption::ExpectedStreamExists(Empty {}),
+            Some(ExpectedRevisionOption2060::StreamExists2060(Empty {})),
+        ),
+        ExpectedVersion::NoStream => (ExpectedRevisionOption::ExpectedNoStream(Empty {}), None),
+    };
+    append_resp::WrongExpectedVersion {
+        current_revision_option_20_6_0: Some(current_legacy),
+        expected_revision_option_20_6_0: expected_legacy,
+        current_revision_option: Some(current),
+        expected_revision_option: Some(expected),
+    }
+}
+
+fn too_large(limit: Limit, max: usize, actual: usize) -> Status {
+    convert::status(StoreError::LimitExceeded {
+        limit,
+        max: max as u64,
+        actual: actual as u64,
+    })
+}
+
+/// A stream that may be written or deleted: any but `$all`.
+fn writable(stream: StreamId) -> Result<StreamId, Status> {
+    if stream.as_str() == ALL_STREAM {
+        return Err(Status::invalid_argument(
+            "$all cannot be written or deleted",
+        ));
+    }
+    Ok(stream)
+}
+
+impl<S: EventStore> StreamsService<S> {
+    async fn change(
+        &self,
+        stream: StreamId,
+        expected: ExpectedVersion,
+        tombstone: bool,
+    ) -> Result<(), Status> {
+        let change = if tombstone {
+            StreamChange::Tombstone { expected }
+        } else {
+            StreamChange::Delete { expected }
+        };
+        self.store
+            .change_stream(&stream, change)
+            .await
+            .map(drop)
+            .map_err(convert::status)
+    }
+}
+
+#[tonic::async_trait]
+impl<S: EventStore> streams_server::Streams for StreamsService<S> {
+    type ReadStream = ReadResponses;
+
+    async fn read(&self, request: Request<ReadReq>) -> Result<Response<Self::ReadStream>, Status> {
+        let (plan, structured_ids) = parse_read(request.into_inner())?;
+        let (tx, rx) = mpsc::channel(READ_CHANNEL_CAPACITY);
+        let service = self.clone();
+        tokio::spawn(async move {
+            if let Err(status) = service.run(plan, structured_ids, &tx).await {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn append(
+        &self,
+        request: Request<Streaming<AppendReq>>,
+    ) -> Result<Response<AppendResp>, Status> {
+        let mut messages = request.into_inner();
+        let options = match messages.message().await?.and_then(|m| m.content) {
+            Some(append_req::Content::Options(options)) => options,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "an append starts with its options",
+                ));
+            }
+        };
+        let stream = writable(convert::stream_id(options.stream_identifier.as_ref())?)?;
+        let expected = append_expected(options.expected_stream_revision)?;
+        let mut events = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(message) = messages.message().await? {
+            let proposed = match message.content {
+                Some(append_req::Content::ProposedMessage(proposed)) => proposed,
+                Some(append_req::Content::Options(_)) => {
+                    return Err(Status::invalid_argument(
+                        "an append has one options message",
+                    ));
+                }
+                None => return Err(Status::invalid_argument("an append message is empty")),
+            };
+            if events.len() == MAX_EVENTS_PER_APPEND {
+                return Err(too_large(
+                    Limit::EventsPerAppend,
+                    MAX_EVENTS_PER_APPEND,
+                    events.len() + 1,
+                ));
+            }
+            bytes = bytes
+                .saturating_add(proposed.data.len())
+                .saturating_add(proposed.custom_metadata.len());
+            if bytes > MAX_APPEND_BYTES {
+                return Err(too_large(Limit::AppendBytes, MAX_APPEND_BYTES, bytes));
+            }
+            events.push(convert::new_event(
+                proposed.id.as_ref(),
+                proposed.metadata,
+                &proposed.custom_metadata,
+                proposed.data,
+            )?);
+        }
+        let write = StreamWrite::new(stream, expected, events);
+        let result = match self.store.append(vec![write]).await {
+            Ok(result) => result,
+            Err(StoreError::Conflict {
+                expected, actual, ..
+            }) => {
+                return Ok(Response::new(AppendResp {
+                    result: Some(append_resp::Result::WrongExpectedVersion(
+                        wrong_expected_version(expected, actual),
+                    )),
+                }));
+            }
+            Err(e) => return Err(convert::status(e)),
+        };
+        let written = result.streams.first();
+        let current = match written.and_then(|s| current_revision(Some(s.version))) {
+            Some(r) => append_resp::success::CurrentRevisionOption::CurrentRevision(r),
+            None => append_resp::success::CurrentRevisionOption::NoStream(Empty {}),
+        };
+        let position = match result.last_position() {
+            Some(p) => append_resp::success::PositionOption::Position(append_resp::Position {
+                commit_position: p.get(),
+                prepare_position: p.get(),
+            }),
+            None => append_resp::success::PositionOption::NoPosition(Empty {}),
+        };
+        Ok(Response::new(AppendResp {
+            result: Some(append_resp::Result::Success(append_resp::Success {
+                current_revision_option: Some(current),
+                position_option: Some(position),
+            })),
+        }))
+    }
+
+    async fn delete(&self, request: Request<DeleteReq>) -> Result<Response<DeleteResp>, Status> {
+        use delete_req::options::ExpectedStreamRevision as E;
+        let options = request
+            .into_inner()
+            .options
+            .ok_or_else(|| Status::invalid_argument("the delete has no options"))?;
+        let stream = writable(convert::stream_id(options.stream_identifier.as_ref())?)?;
+        let expected = match options.expected_stream_revision {
+            Some(E::Revision(r)) => convert::expected_revision(Some(r), false, false, false)?,
+            Some(E::NoStream(_)) => ExpectedVersion::NoStream,
+            Some(E::Any(_)) => ExpectedVersion::Any,
+            Some(E::StreamExists(_)) => ExpectedVersion::StreamExists,
+            None => convert::expected_revision(None, false, false, false)?,
+        };
+        self.change(stream, expected, false).await?;
+        Ok(Response::new(DeleteResp {
+            position_option: Some(delete_resp::PositionOption::NoPosition(Empty {})),
+        }))
+    }
+
+    async fn tombstone(
+        &self,
+        request: Request<TombstoneReq>,
+    ) -> Result<Response<TombstoneResp>, Status> {
+        use tombstone_req::options::ExpectedStreamRevision as E;
+        let options = request
+            .into_inner()
+            .options
+            .ok_or_else(|| Status::invalid_argument("the tombstone has no options"))?;
+        let stream = writable(convert::stream_id(options.stream_identifier.as_ref())?)?;
+        let expected = match options.expected_stream_revision {
+            Some(E::Revision(r)) => convert::expected_revision(Some(r), false, false, false)?,
+            Some(E::NoStream(_)) => ExpectedVersion::NoStream,
+            Some(E::Any(_)) => ExpectedVersion::Any,
+            Some(E::StreamExists(_)) => ExpectedVersion::StreamExists,
+            None => convert::expected_revision(None, false, false, false)?,
+        };
+        self.change(stream, expected, true).await?;
+        Ok(Response::new(TombstoneResp {
+            position_option: Some(tombstone_resp::PositionOption::NoPosition(Empty {})),
+        }))
+    }
+}
