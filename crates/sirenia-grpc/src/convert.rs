@@ -125,8 +125,8 @@ fn expected_trailer(expected: ExpectedVersion) -> i64 {
 ///
 /// A JSON object maps to fields: `$correlationId` and `$causationId` (strings) to the
 /// correlation and causation ids, every other key to the user map. Anything else (not JSON, not
-/// an object, a non-string id) is kept exactly, under [`RAW_METADATA_KEY`] (UTF-8 text) or
-/// [`RAW_METADATA_BASE64_KEY`] (other bytes).
+/// an object, an empty object, a non-string id) is kept exactly, under [`RAW_METADATA_KEY`]
+/// (UTF-8 text) or [`RAW_METADATA_BASE64_KEY`] (other bytes).
 pub fn metadata_from_custom(custom: &[u8]) -> Metadata {
     if custom.is_empty() {
         return Metadata::default();
@@ -150,7 +150,8 @@ pub fn metadata_from_custom(custom: &[u8]) -> Metadata {
                 }
             }
         }
-        if structured {
+        // `{}` would read back as no metadata at all: keep it as sent.
+        if structured && !metadata.is_empty() {
             return metadata;
         }
     }
@@ -183,25 +184,24 @@ pub fn custom_from_metadata(metadata: &Metadata) -> Bytes {
             }
         }
     }
-    let mut object = serde_json::Map::new();
-    if let Some(id) = &metadata.correlation_id {
-        object.insert(CORRELATION_ID_KEY.to_owned(), id.clone().into());
-    }
-    if let Some(id) = &metadata.causation_id {
-        object.insert(CAUSATION_ID_KEY.to_owned(), id.clone().into());
-    }
+    let ids = [
+        (CORRELATION_ID_KEY, &metadata.correlation_id),
+        (CAUSATION_ID_KEY, &metadata.causation_id),
+    ];
+    let ids = ids.into_iter().filter_map(|(key, id)| {
+        id.as_ref()
+            .map(|id| (key.to_owned(), serde_json::Value::String(id.clone())))
+    });
+    let user = metadata.user.iter().map(|(k, v)| (k.clone(), v.clone()));
     let mut text = String::from("{");
-    let mut first = true;
-    let entries = object.iter().chain(metadata.user.iter());
-    for (key, value) in entries {
-        if !first {
+    for (i, (key, value)) in ids.chain(user).enumerate() {
+        if i > 0 {
             text.push(',');
         }
-        first = false;
         // Serializing strings and `Value`s cannot fail.
-        text.push_str(&serde_json::to_string(key).unwrap_or_default());
+        text.push_str(&serde_json::to_string(&key).unwrap_or_default());
         text.push(':');
-        text.push_str(&serde_json::to_string(value).unwrap_or_default());
+        text.push_str(&serde_json::to_string(&value).unwrap_or_default());
     }
     text.push('}');
     Bytes::from(text.into_bytes())
@@ -320,5 +320,81 @@ pub(crate) fn status(error: StoreError) -> Status {
         }
         StoreError::Corrupt { .. } => Status::data_loss(error.to_string()),
         other => Status::internal(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_objects_map_to_fields() {
+        let m = metadata_from_custom(br#"{"$correlationId":"c","$causationId":"d","k":[1]}"#);
+        assert_eq!(m.correlation_id.as_deref(), Some("c"));
+        assert_eq!(m.causation_id.as_deref(), Some("d"));
+        assert_eq!(m.user.get("k"), Some(&json!([1])));
+        assert_eq!(
+            &custom_from_metadata(&m)[..],
+            br#"{"$correlationId":"c","$causationId":"d","k":[1]}"#
+        );
+    }
+
+    #[test]
+    fn other_bytes_are_kept_exactly() {
+        for raw in [
+            &b"plain text"[..],
+            b"[1,2]",
+            b"\xff\x00\x01",
+            br#"{"$correlationId":42}"#,
+            br#"{"$esdbMetadata":"x"}"#,
+        ] {
+            let m = metadata_from_custom(raw);
+            assert!(m.correlation_id.is_none() && m.user.len() == 1, "{m:?}");
+            assert_eq!(&custom_from_metadata(&m)[..], raw);
+        }
+        assert!(metadata_from_custom(b"").is_empty());
+        assert!(custom_from_metadata(&Metadata::default()).is_empty());
+    }
+
+    #[test]
+    fn structured_ids_round_trip() {
+        let id = Uuid::now_v7();
+        assert_eq!(uuid_of(Some(&proto_uuid(id, true))).unwrap(), id);
+        assert_eq!(uuid_of(Some(&proto_uuid(id, false))).unwrap(), id);
+        assert!(uuid_of(None).is_err());
+    }
+
+    #[test]
+    fn expected_revisions_are_versions_minus_one() {
+        assert_eq!(
+            expected_revision(Some(4), false, false, false).unwrap(),
+            ExpectedVersion::Exact(5)
+        );
+        assert!(expected_revision(Some(u64::MAX), false, false, false).is_err());
+        assert!(expected_revision(None, false, false, false).is_err());
+        assert_eq!(current_revision(Some(5)), Some(4));
+        assert_eq!(current_revision(Some(0)), None);
+        assert_eq!(current_revision(None), None);
+    }
+
+    proptest! {
+        /// Custom metadata reads back as sent: byte for byte, or, for a JSON object that maps
+        /// to fields, as an equal JSON object.
+        #[test]
+        fn custom_metadata_round_trips(bytes in proptest::collection::vec(any::<u8>(), 0..64),
+                                       keys in proptest::collection::btree_map("[$a-z]{1,6}", "[a-z]{0,4}", 0..4)) {
+            let back = custom_from_metadata(&metadata_from_custom(&bytes));
+            prop_assert_eq!(&back[..], &bytes[..]);
+            let object = serde_json::to_vec(&keys).unwrap();
+            let back = custom_from_metadata(&metadata_from_custom(&object));
+            prop_assert_eq!(
+                serde_json::from_slice::<serde_json::Value>(&back).unwrap(),
+                serde_json::from_slice::<serde_json::Value>(&object).unwrap()
+            );
+        }
     }
 }

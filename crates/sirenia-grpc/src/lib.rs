@@ -183,6 +183,11 @@ pub async fn serve<S: EventStore>(
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
     if let Some(tls) = &options.tls {
+        // tonic's server TLS uses the process-wide rustls provider; choose ring unless the
+        // application already chose (with both providers compiled in, rustls cannot).
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let identity = tonic::transport::Identity::from_pem(&tls.certificate_pem, &tls.key_pem);
         builder = builder
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))

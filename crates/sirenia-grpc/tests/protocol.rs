@@ -1,0 +1,488 @@
+//! The protocol's edges, with a raw gRPC client: malformed or unsupported calls get the right
+//! status codes and change nothing while the server goes on serving; basic authentication; TLS.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use sirenia::{EventStore, InMemoryStore, Position, ReadAll};
+use sirenia_grpc::proto::client::{Empty, StreamIdentifier, Uuid as ProtoUuid, uuid};
+use sirenia_grpc::proto::streams::read_req::options::{
+    self as read_options, AllOptions, FilterOptions, StreamOptions, all_options, filter_options,
+    stream_options,
+};
+use sirenia_grpc::proto::streams::streams_client::StreamsClient;
+use sirenia_grpc::proto::streams::{
+    AppendReq, DeleteReq, ReadReq, ReadResp, append_req, append_resp, delete_req, read_resp,
+};
+use sirenia_grpc::{ServeOptions, TlsIdentity, User};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Server {
+    port: u16,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn start(store: InMemoryStore, options: ServeOptions) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        sirenia_grpc::serve(store, listener, options, async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("the server failed");
+    });
+    Server { port, _stop: stop }
+}
+
+async fn client(port: u16) -> StreamsClient<Channel> {
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    StreamsClient::new(channel)
+}
+
+fn stream(name: &[u8]) -> Option<StreamIdentifier> {
+    Some(StreamIdentifier {
+        stream_name: Bytes::copy_from_slice(name),
+    })
+}
+
+fn options(name: &[u8]) -> AppendReq {
+    AppendReq {
+        content: Some(append_req::Content::Options(append_req::Options {
+            stream_identifier: stream(name),
+            expected_stream_revision: Some(append_req::options::ExpectedStreamRevision::Any(
+                Empty {},
+            )),
+        })),
+    }
+}
+
+fn proposed(id: &str, event_type: Option<&str>, data: Vec<u8>) -> AppendReq {
+    let mut metadata = std::collections::HashMap::new();
+    if let Some(t) = event_type {
+        metadata.insert("type".to_owned(), t.to_owned());
+    }
+    metadata.insert(
+        "content-type".to_owned(),
+        "application/octet-stream".to_owned(),
+    );
+    AppendReq {
+        content: Some(append_req::Content::ProposedMessage(
+            append_req::ProposedMessage {
+                id: Some(ProtoUuid {
+                    value: Some(uuid::Value::String(id.to_owned())),
+                }),
+                metadata,
+                custom_metadata: Bytes::new(),
+                data: Bytes::from(data),
+            },
+        )),
+    }
+}
+
+fn new_id() -> String {
+    ::uuid::Uuid::new_v4().to_string()
+}
+
+async fn append(
+    client: &mut StreamsClient<Channel>,
+    messages: Vec<AppendReq>,
+) -> Result<append_resp::Result, tonic::Status> {
+    let response = client
+        .append(tokio_stream::iter(messages))
+        .await?
+        .into_inner();
+    Ok(response.result.expect("an append result"))
+}
+
+fn read_request(option: read_options::StreamOption, filter: Option<FilterOptions>) -> ReadReq {
+    ReadReq {
+        options: Some(sirenia_grpc::proto::streams::read_req::Options {
+            stream_option: Some(option),
+            read_direction: read_options::ReadDirection::Forwards as i32,
+            resolve_links: false,
+            count_option: Some(read_options::CountOption::Count(100)),
+            filter_option: Some(match filter {
+                Some(f) => read_options::FilterOption::Filter(f),
+                None => read_options::FilterOption::NoFilter(Empty {}),
+            }),
+            uuid_option: None,
+            control_option: None,
+        }),
+    }
+}
+
+/// The first status a read ends with (reads may fail before or after the stream opens).
+async fn read_status(client: &mut StreamsClient<Channel>, request: ReadReq) -> Code {
+    match client.read(request).await {
+        Err(status) => status.code(),
+        Ok(response) => {
+            let mut responses = response.into_inner();
+            loop {
+                match responses.message().await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Code::Ok,
+                    Err(status) => return status.code(),
+                }
+            }
+        }
+    }
+}
+
+fn all_from_start() -> read_options::StreamOption {
+    read_options::StreamOption::All(AllOptions {
+        all_option: Some(all_options::AllOption::Start(Empty {})),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_calls_get_status_codes_and_change_nothing() {
+    let store = InMemoryStore::new();
+    let server = start(store.clone(), ServeOptions::default()).await;
+    let mut c = client(server.port).await;
+
+    // A subscriber that must keep being served through everything below.
+    let mut watcher = client(server.port).await;
+    let mut subscription = watcher
+        .read(ReadReq {
+            options: Some(sirenia_grpc::proto::streams::read_req::Options {
+                stream_option: Some(all_from_start()),
+                read_direction: 0,
+                resolve_links: false,
+                count_option: Some(read_options::CountOption::Subscription(
+                    read_options::SubscriptionOptions {},
+                )),
+                filter_option: None,
+                uuid_option: None,
+                control_option: None,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first: ReadResp = subscription.message().await.unwrap().unwrap();
+    assert!(matches!(
+        first.content,
+        Some(read_resp::Content::Confirmation(_))
+    ));
+
+    // Appends.
+    let cases: Vec<(&str, Vec<AppendReq>)> = vec![
+        ("no messages", vec![]),
+        (
+            "events before options",
+            vec![proposed(&new_id(), Some("T"), vec![1])],
+        ),
+        ("options twice", vec![options(b"s-1"), options(b"s-1")]),
+        (
+            "a stream name that is not UTF-8",
+            vec![options(b"s-\xff"), proposed(&new_id(), Some("T"), vec![])],
+        ),
+        (
+            "an empty stream name",
+            vec![options(b""), proposed(&new_id(), Some("T"), vec![])],
+        ),
+        (
+            "$all",
+            vec![options(b"$all"), proposed(&new_id(), Some("T"), vec![])],
+        ),
+        (
+            "an event without type",
+            vec![options(b"s-1"), proposed(&new_id(), None, vec![])],
+        ),
+        (
+            "a malformed id",
+            vec![options(b"s-1"), proposed("not-a-uuid", Some("T"), vec![])],
+        ),
+        (
+            "an event over the size limit",
+            vec![
+                options(b"s-1"),
+                proposed(
+                    &new_id(),
+                    Some("T"),
+                    vec![7; sirenia::limits::MAX_EVENT_BYTES + 1],
+                ),
+            ],
+        ),
+        (
+            "a good event followed by a bad one",
+            vec![
+                options(b"s-1"),
+                proposed(&new_id(), Some("T"), vec![1]),
+                proposed(&new_id(), None, vec![]),
+            ],
+        ),
+    ];
+    for (case, messages) in cases {
+        let status = append(&mut c, messages).await.expect_err(case);
+        assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
+    }
+    let no_expectation = AppendReq {
+        content: Some(append_req::Content::Options(append_req::Options {
+            stream_identifier: stream(b"s-1"),
+            expected_stream_revision: None,
+        })),
+    };
+    let status = append(&mut c, vec![no_expectation]).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    // Reads.
+    assert_eq!(
+        read_status(&mut c, ReadReq { options: None }).await,
+        Code::InvalidArgument
+    );
+    let mut bad_direction = read_request(all_from_start(), None);
+    bad_direction.options.as_mut().unwrap().read_direction = 7;
+    assert_eq!(
+        read_status(&mut c, bad_direction).await,
+        Code::InvalidArgument
+    );
+    let bad_regex = FilterOptions {
+        filter: Some(filter_options::Filter::EventType(
+            filter_options::Expression {
+                regex: "(unclosed".to_owned(),
+                prefix: vec![],
+            },
+        )),
+        window: None,
+        checkpoint_interval_multiplier: 1,
+    };
+    assert_eq!(
+        read_status(&mut c, read_request(all_from_start(), Some(bad_regex))).await,
+        Code::InvalidArgument
+    );
+    let no_revision = read_options::StreamOption::Stream(StreamOptions {
+        stream_identifier: stream(b"s-1"),
+        revision_option: None,
+    });
+    assert_eq!(
+        read_status(&mut c, read_request(no_revision, None)).await,
+        Code::InvalidArgument
+    );
+    let mut backward_subscription = read_request(all_from_start(), None);
+    let o = backward_subscription.options.as_mut().unwrap();
+    o.read_direction = read_options::ReadDirection::Backwards as i32;
+    o.count_option = Some(read_options::CountOption::Subscription(
+        read_options::SubscriptionOptions {},
+    ));
+    assert_eq!(
+        read_status(&mut c, backward_subscription).await,
+        Code::InvalidArgument
+    );
+
+    // Delete without an expectation; deleting $all.
+    let delete = |name: &[u8], expected| DeleteReq {
+        options: Some(delete_req::Options {
+            stream_identifier: stream(name),
+            expected_stream_revision: expected,
+        }),
+    };
+    assert_eq!(
+        c.delete(delete(b"s-1", None)).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let any = Some(delete_req::options::ExpectedStreamRevision::Any(Empty {}));
+    assert_eq!(
+        c.delete(delete(b"$all", any)).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+
+    // Methods the server does not have.
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{}", server.port))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    for path in [
+        "/event_store.client.streams.Streams/BatchAppend",
+        "/event_store.client.persistent_subscriptions.PersistentSubscriptions/Create",
+    ] {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let status = grpc
+            .unary::<Empty, Empty, _>(
+                Request::new(Empty {}),
+                tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                tonic::codec::ProstCodec::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unimplemented, "{path}");
+    }
+
+    // Nothing was written, and the server still serves: an append goes through and the
+    // subscriber sees exactly it.
+    assert_eq!(store.head_position().await.unwrap(), Position::START);
+    let id = new_id();
+    let result = append(
+        &mut c,
+        vec![options(b"s-1"), proposed(&id, Some("T"), vec![1, 2])],
+    )
+    .await
+    .unwrap();
+    assert!(matches!(result, append_resp::Result::Success(_)));
+    let mut seen = None;
+    while seen.is_none() {
+        let message = tokio::time::timeout(WAIT, subscription.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(read_resp::Content::Event(e)) = message.content {
+            seen = e.event;
+        }
+    }
+    let seen = seen.unwrap();
+    assert_eq!(seen.stream_identifier, stream(b"s-1"));
+    assert_eq!(seen.data, Bytes::from_static(&[1, 2]));
+    assert_eq!(seen.id.unwrap().value, Some(uuid::Value::String(id)));
+    let log: Vec<_> =
+        futures_util::StreamExt::collect::<Vec<_>>(store.read_all(ReadAll::forward())).await;
+    assert_eq!(log.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn structured_ids_are_sent_when_asked_for() {
+    let store = InMemoryStore::new();
+    let server = start(store.clone(), ServeOptions::default()).await;
+    let mut c = client(server.port).await;
+    let id = ::uuid::Uuid::new_v4();
+    append(
+        &mut c,
+        vec![
+            options(b"s-1"),
+            proposed(&id.to_string(), Some("T"), vec![]),
+        ],
+    )
+    .await
+    .unwrap();
+    let mut request = read_request(
+        read_options::StreamOption::Stream(StreamOptions {
+            stream_identifier: stream(b"s-1"),
+            revision_option: Some(stream_options::RevisionOption::Start(Empty {})),
+        }),
+        None,
+    );
+    request.options.as_mut().unwrap().uuid_option = Some(read_options::UuidOption {
+        content: Some(read_options::uuid_option::Content::Structured(Empty {})),
+    });
+    let mut responses = c.read(request).await.unwrap().into_inner();
+    let message = responses.message().await.unwrap().unwrap();
+    let Some(read_resp::Content::Event(event)) = message.content else {
+        panic!("expected an event, got {message:?}");
+    };
+    let Some(uuid::Value::Structured(s)) = event.event.unwrap().id.unwrap().value else {
+        panic!("expected a structured id");
+    };
+    let (high, low) = id.as_u64_pair();
+    assert_eq!(
+        (s.most_significant_bits, s.least_significant_bits),
+        (high as i64, low as i64)
+    );
+}
+
+fn credentials(name: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{name}:{password}"))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_authentication_admits_only_configured_users() {
+    let options = ServeOptions {
+        users: vec![User::parse("admin:changeit").unwrap()],
+        tls: None,
+    };
+    let server = start(InMemoryStore::new(), options).await;
+    let mut c = client(server.port).await;
+    let read = |header: Option<String>| {
+        let mut request = Request::new(read_request(all_from_start(), None));
+        if let Some(h) = header {
+            request
+                .metadata_mut()
+                .insert("authorization", h.parse().unwrap());
+        }
+        request
+    };
+    for header in [
+        None,
+        Some(credentials("admin", "wrong")),
+        Some(credentials("root", "changeit")),
+        Some("Bearer x".to_owned()),
+    ] {
+        let status = c.read(read(header.clone())).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{header:?}");
+    }
+    let mut responses = c
+        .read(read(Some(credentials("admin", "changeit"))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        responses.message().await.unwrap().is_none(),
+        "an empty log reads as nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_clients_that_trust_the_certificate() {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let certificate_pem = certified.cert.pem();
+    let serve_options = ServeOptions {
+        users: vec![],
+        tls: Some(TlsIdentity {
+            certificate_pem: certificate_pem.clone().into_bytes(),
+            key_pem: certified.key_pair.serialize_pem().into_bytes(),
+        }),
+    };
+    let store = InMemoryStore::new();
+    let server = start(store, serve_options).await;
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(certificate_pem))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://127.0.0.1:{}", server.port))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = StreamsClient::new(channel);
+    let result = append(
+        &mut c,
+        vec![options(b"s-1"), proposed(&new_id(), Some("T"), vec![])],
+    )
+    .await
+    .unwrap();
+    assert!(matches!(result, append_resp::Result::Success(_)));
+    // A plain-text client is refused.
+    let plain = Channel::from_shared(format!("http://127.0.0.1:{}", server.port))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(channel) = plain {
+        let mut c = StreamsClient::new(channel);
+        assert!(
+            append(
+                &mut c,
+                vec![options(b"s-1"), proposed(&new_id(), Some("T"), vec![])]
+            )
+            .await
+            .is_err()
+        );
+    }
+}
