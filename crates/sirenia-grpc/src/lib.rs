@@ -24,15 +24,14 @@
 //!   as not found until an append recreates it (revisions go on); a tombstoned one answers
 //!   `FAILED_PRECONDITION` with `exception: stream-deleted`.
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let store = sirenia_core::InMemoryStore::new();
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:2113").await?;
-//! // Serves until the future given resolves.
-//! sirenia_grpc::serve(store, listener, sirenia_grpc::ServeOptions::default(), async {
-//!     let _ = tokio::signal::ctrl_c().await;
-//! })
-//! .await?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! println!("clients connect to esdb://{}?tls=false", listener.local_addr()?);
+//! // Serves until the future given resolves: here at once; `sirenia serve` waits for Ctrl-C.
+//! sirenia_grpc::serve(store, listener, sirenia_grpc::ServeOptions::default(), async {}).await?;
 //! # Ok(()) }
 //! ```
 
