@@ -14,6 +14,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod command_bench;
+mod grpc_bench;
 mod peers;
 mod postgres;
 mod projection_bench;
@@ -98,6 +99,7 @@ fn main() {
     let outcome = runtime.block_on(async {
         sqlite::run(scale, &keep, &mut rows).await?;
         postgres::run(scale, &keep, &mut rows).await?;
+        grpc_bench::run(scale, &keep, &mut rows).await?;
         // The peers filter by `only` themselves; skip them for scenarios they take no part in.
         let theirs = only.as_deref().is_none_or(|o| {
             !o.starts_with('S')

@@ -200,12 +200,23 @@ pub async fn serve<S: EventStore>(
     builder
         .add_service(ServerFeaturesServer::new(ServerFeaturesService))
         .add_service(streams)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
         .map_err(ServeError::Transport)
+}
+
+/// Accepted connections with Nagle's algorithm off: responses are many small HTTP/2 frames,
+/// and holding them back for an acknowledgement would add the peer's delayed-ACK time to
+/// every call.
+fn incoming(
+    listener: TcpListener,
+) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures_util::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 fn tonic_interceptor<T>(
