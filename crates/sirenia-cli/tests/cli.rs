@@ -242,6 +242,7 @@ on_both_stores!(
     export_then_import_gives_an_identical_log,
     bad_input_is_refused_clearly,
     upcasters_and_stream_lifecycle,
+    serve_speaks_the_client_protocol,
 );
 
 async fn streams_lists_counts_by_category(place: Place) {
@@ -747,4 +748,116 @@ async fn upcasters_and_stream_lifecycle(mut place: Place) {
     assert!(!ok && err.contains("tombstoned"), "{err}");
     let (ok, _, err) = sirenia(&place, &["delete", "order-2"]).await;
     assert!(!ok && err.contains("tombstoned"), "{err}");
+}
+
+/// `sirenia serve`: prints where it listens, serves appends and reads over gRPC on the same
+/// streams the library sees, and stops cleanly on SIGTERM.
+async fn serve_speaks_the_client_protocol(mut place: Place) {
+    use sirenia_grpc::proto::client::{StreamIdentifier, Uuid as ProtoUuid, uuid};
+    use sirenia_grpc::proto::streams::streams_client::StreamsClient;
+    use sirenia_grpc::proto::streams::{AppendReq, append_req, append_resp};
+
+    append(
+        &place.store,
+        "order-1",
+        vec![NewEvent::json("Placed", &serde_json::json!({}))],
+    )
+    .await;
+    // The server writes: an embedded store must not be held by this process.
+    let library = place.store.clone();
+    if matches!(place.store, AnyStore::Sqlite(_)) {
+        place.store = AnyStore::from(sirenia::InMemoryStore::new());
+    }
+    drop(library);
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sirenia"))
+        .args(&place.args)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("serve did not start")
+        .unwrap()
+        .expect("serve printed nothing");
+    let address = line
+        .strip_prefix("sirenia: serving esdb://")
+        .and_then(|rest| rest.strip_suffix("?tls=false"))
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"));
+    let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = StreamsClient::new(channel);
+    let stream = || {
+        Some(StreamIdentifier {
+            stream_name: "order-1".as_bytes().to_vec().into(),
+        })
+    };
+    let messages = vec![
+        AppendReq {
+            content: Some(append_req::Content::Options(append_req::Options {
+                stream_identifier: stream(),
+                expected_stream_revision: Some(
+                    append_req::options::ExpectedStreamRevision::Revision(0),
+                ),
+            })),
+        },
+        AppendReq {
+            content: Some(append_req::Content::ProposedMessage(
+                append_req::ProposedMessage {
+                    id: Some(ProtoUuid {
+                        value: Some(uuid::Value::String(::uuid::Uuid::now_v7().to_string())),
+                    }),
+                    metadata: [
+                        ("type".to_owned(), "Paid".to_owned()),
+                        ("content-type".to_owned(), "application/json".to_owned()),
+                    ]
+                    .into(),
+                    custom_metadata: Default::default(),
+                    data: br#"{"amount":5}"#.to_vec().into(),
+                },
+            )),
+        },
+    ];
+    let response = client
+        .append(tokio_stream::iter(messages))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(append_resp::Result::Success(success)) = response.result else {
+        panic!("append failed: {response:?}");
+    };
+    assert_eq!(
+        success.current_revision_option,
+        Some(append_resp::success::CurrentRevisionOption::CurrentRevision(1))
+    );
+
+    let pid = child.id().unwrap().to_string();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("serve did not stop on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let (ok, out, err) = sirenia(&place, &["read", "order-1", "--json"]).await;
+    assert!(ok, "{err}");
+    let types: Vec<String> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(types, ["Placed", "Paid"]);
 }
