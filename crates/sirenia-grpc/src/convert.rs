@@ -18,6 +18,9 @@ use crate::proto::streams::read_resp::read_event::RecordedEvent as ProtoRecorded
 
 /// The name of the global log in the protocol; it cannot be written to.
 pub(crate) const ALL_STREAM: &str = "$all";
+/// The prefix of EventStoreDB's stream-metadata streams (`$$order-1`), which the server does not
+/// write.
+pub(crate) const METADATA_STREAM_PREFIX: &str = "$$";
 
 /// The custom-metadata key holding the correlation id (EventStoreDB's convention).
 pub const CORRELATION_ID_KEY: &str = "$correlationId";

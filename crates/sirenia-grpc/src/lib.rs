@@ -22,7 +22,15 @@
 //!   events and when they catch up;
 //! - **soft delete and tombstone** are Sirenia's stream lifecycle: a soft-deleted stream reads
 //!   as not found until an append recreates it (revisions go on); a tombstoned one answers
-//!   `FAILED_PRECONDITION` with `exception: stream-deleted`.
+//!   `FAILED_PRECONDITION` with `exception: stream-deleted`;
+//! - **not served**: persistent subscriptions, projections, the users, operations and gossip
+//!   services, `BatchAppend` and stream metadata (`$$` streams: writing one answers
+//!   UNIMPLEMENTED; reading one finds nothing, as on a server where none was set); unknown
+//!   methods answer UNIMPLEMENTED.
+//!
+//! Security: plain HTTP/2 without users by default (the clients' `tls=false`); TLS with a PEM
+//! certificate and key, and HTTP basic authentication against configured users, as options
+//! ([`ServeOptions`]).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -69,6 +77,9 @@ pub const PROTOCOL_VERSION: &str = "24.10.0";
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a keep-alive ping may go unanswered before the connection is closed.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most calls one connection may have open at once (HTTP/2 streams: reads, subscriptions,
+/// appends in progress); a client opening more waits for one to end.
+pub const MAX_CONCURRENT_CALLS_PER_CONNECTION: u32 = 1_024;
 /// The largest gRPC message the server accepts: one event of the largest size Sirenia stores
 /// (`MAX_EVENT_BYTES`) with room for its metadata and framing.
 pub const MAX_MESSAGE_BYTES: usize =
@@ -180,7 +191,8 @@ pub async fn serve<S: EventStore>(
 
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(MAX_CONCURRENT_CALLS_PER_CONNECTION));
     if let Some(tls) = &options.tls {
         // tonic's server TLS uses the process-wide rustls provider; choose ring unless the
         // application already chose (with both providers compiled in, rustls cannot).

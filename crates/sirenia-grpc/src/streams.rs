@@ -13,7 +13,9 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
-use crate::convert::{self, ALL_STREAM, current_revision, stream_identifier};
+use crate::convert::{
+    self, ALL_STREAM, METADATA_STREAM_PREFIX, current_revision, stream_identifier,
+};
 use crate::filter::LogFilter;
 use crate::proto::client::Empty;
 use crate::proto::streams::read_req::options::{
@@ -554,11 +556,18 @@ fn too_large(limit: Limit, max: usize, actual: usize) -> Status {
     })
 }
 
-/// A stream that may be written or deleted: any but `$all`.
+/// A stream that may be written or deleted: any but `$all` and the `$$` metadata streams.
 fn writable(stream: StreamId) -> Result<StreamId, Status> {
     if stream.as_str() == ALL_STREAM {
         return Err(Status::invalid_argument(
             "$all cannot be written or deleted",
+        ));
+    }
+    if stream.as_str().starts_with(METADATA_STREAM_PREFIX) {
+        // Writing one would look like it worked and change nothing.
+        return Err(Status::unimplemented(
+            "stream metadata ($$ streams) is not supported; Sirenia's stream lifecycle is \
+             soft delete, tombstone and truncate",
         ));
     }
     Ok(stream)

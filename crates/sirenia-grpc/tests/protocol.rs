@@ -237,6 +237,16 @@ async fn malformed_calls_get_status_codes_and_change_nothing() {
     };
     let status = append(&mut c, vec![no_expectation]).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
+    let metadata = vec![
+        options(b"$$s-1"),
+        proposed(&new_id(), Some("$metadata"), b"{}".to_vec()),
+    ];
+    let status = append(&mut c, metadata).await.unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::Unimplemented,
+        "stream metadata: {status:?}"
+    );
 
     // Reads.
     assert_eq!(
