@@ -17,7 +17,7 @@ use sirenia_sqlite::SqliteStore;
 use tokio::sync::oneshot;
 
 use crate::Scale;
-use crate::report::{BenchResult, Measurement, Row, histogram, record, reset_peak_rss};
+use crate::report::{BenchResult, Measurement, Row, histogram};
 
 const APPENDS: &str = "S14 grpc node-client appends";
 const READS: &str = "S14 grpc node-client reads";
@@ -91,43 +91,6 @@ async fn node(args: &[String]) -> BenchResult<Measurement> {
         latency,
         peak_rss: None,
     })
-}
-
-/// The library doing what `bench.mjs append` does: `writers` tasks appending one event per
-/// append to their own 100 streams (`Any`) for `duration`.
-async fn library_appends<S: EventStore>(
-    store: &S,
-    writers: usize,
-    duration: Duration,
-) -> BenchResult<Measurement> {
-    let data: serde_json::Value = serde_json::from_str(PAYLOAD)?;
-    let start = Instant::now();
-    let deadline = start + duration;
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let store = store.clone();
-        let data = data.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut latency = histogram();
-            let mut n = 0u64;
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                let stream = StreamId::new(format!("lib-{w}-{}", n % 100))?;
-                let event = NewEvent::json("MoneyDeposited", &data);
-                store
-                    .append(vec![StreamWrite::new(
-                        stream,
-                        ExpectedVersion::Any,
-                        vec![event],
-                    )])
-                    .await?;
-                record(&mut latency, t)?;
-                n += 1;
-            }
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((n, latency))
-        }));
-    }
-    crate::report::collect(start, tasks).await
 }
 
 /// Appends `events` events to `stream` in batches of 1,000.
@@ -204,8 +167,9 @@ async fn measure<S: EventStore>(
     let result = async {
         if keep(APPENDS) {
             for writers in [1usize, 8] {
-                reset_peak_rss();
-                let library = library_appends(&store, writers, scale.duration).await?;
+                // The library doing what `bench.mjs append` does.
+                let library =
+                    crate::postgres::sirenia_appends(&store, writers, 1, scale.duration).await?;
                 let base = library.rate();
                 rows.push(row(
                     APPENDS,

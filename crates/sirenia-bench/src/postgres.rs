@@ -103,9 +103,10 @@ async fn raw_inserts(
     collect(start, tasks).await
 }
 
-/// Sirenia: `writers` tasks appending `batch`-event appends to streams of their own.
-async fn sirenia_appends(
-    store: &PostgresStore,
+/// Sirenia: `writers` tasks appending `batch`-event appends to their own 100 streams (`Any`)
+/// for `duration`, on any store (S14 runs it on the in-memory and embedded stores too).
+pub(crate) async fn sirenia_appends<S: sirenia_core::EventStore>(
+    store: &S,
     writers: usize,
     batch: usize,
     duration: Duration,

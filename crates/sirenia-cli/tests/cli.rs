@@ -19,10 +19,7 @@ use sirenia::{
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-fn postgres_url() -> String {
-    std::env::var("SIRENIA_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".to_owned())
-}
+use sirenia::testkit::postgres::{DropSchema, url as postgres_url};
 
 /// A store for one test: a file in a temporary directory, or a PostgreSQL schema dropped at
 /// the end.
@@ -30,31 +27,7 @@ struct Place {
     args: Vec<String>,
     store: AnyStore,
     _dir: Option<tempfile::TempDir>,
-    schema: Option<String>,
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        if let Some(schema) = self.schema.take() {
-            let _ = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                runtime.block_on(async {
-                    if let Ok((client, connection)) =
-                        tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls).await
-                    {
-                        tokio::spawn(connection);
-                        let _ = client
-                            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                            .await;
-                    }
-                });
-            })
-            .join();
-        }
-    }
+    _schema: Option<DropSchema>,
 }
 
 async fn sqlite_place() -> Place {
@@ -65,12 +38,12 @@ async fn sqlite_place() -> Place {
         args: vec!["--store".into(), path.display().to_string()],
         store: AnyStore::from(store),
         _dir: Some(dir),
-        schema: None,
+        _schema: None,
     }
 }
 
 async fn postgres_place() -> Place {
-    let schema = format!("sirenia_cli_{}", uuid::Uuid::now_v7().simple());
+    let schema = sirenia::testkit::postgres::fresh_schema("sirenia_cli");
     let options = PostgresOptions {
         schema: schema.clone(),
         ..PostgresOptions::default()
@@ -92,7 +65,7 @@ async fn postgres_place() -> Place {
         ],
         store: AnyStore::from(store),
         _dir: None,
-        schema: Some(schema),
+        _schema: Some(DropSchema(schema)),
     }
 }
 

@@ -86,26 +86,13 @@ pub(crate) fn proto_uuid(id: Uuid, structured: bool) -> ProtoUuid {
     ProtoUuid { value: Some(value) }
 }
 
-/// The protocol's expected revision (`revision` is the revision of the stream's last event)
-/// as a Sirenia expected version (the stream's number of events).
-pub(crate) fn expected_revision(
-    revision: Option<u64>,
-    no_stream: bool,
-    any: bool,
-    stream_exists: bool,
-) -> Result<ExpectedVersion, Status> {
-    match (revision, no_stream, any, stream_exists) {
-        (Some(r), false, false, false) => r
-            .checked_add(1)
-            .map(ExpectedVersion::Exact)
-            .ok_or_else(|| Status::invalid_argument("the expected revision is out of range")),
-        (None, true, false, false) => Ok(ExpectedVersion::NoStream),
-        (None, false, true, false) => Ok(ExpectedVersion::Any),
-        (None, false, false, true) => Ok(ExpectedVersion::StreamExists),
-        _ => Err(Status::invalid_argument(
-            "the expected stream revision is missing",
-        )),
-    }
+/// The protocol's exact expected revision (the revision of the stream's last event) as a
+/// Sirenia expected version (the stream's number of events).
+pub(crate) fn exact_revision(revision: u64) -> Result<ExpectedVersion, Status> {
+    revision
+        .checked_add(1)
+        .map(ExpectedVersion::Exact)
+        .ok_or_else(|| Status::invalid_argument("the expected revision is out of range"))
 }
 
 /// The protocol's current revision for a stream of `version` events: `None` for no stream.
@@ -373,12 +360,8 @@ mod tests {
 
     #[test]
     fn expected_revisions_are_versions_minus_one() {
-        assert_eq!(
-            expected_revision(Some(4), false, false, false).unwrap(),
-            ExpectedVersion::Exact(5)
-        );
-        assert!(expected_revision(Some(u64::MAX), false, false, false).is_err());
-        assert!(expected_revision(None, false, false, false).is_err());
+        assert_eq!(exact_revision(4).unwrap(), ExpectedVersion::Exact(5));
+        assert!(exact_revision(u64::MAX).is_err());
         assert_eq!(current_revision(Some(5)), Some(4));
         assert_eq!(current_revision(Some(0)), None);
         assert_eq!(current_revision(None), None);

@@ -17,7 +17,7 @@ use crate::convert::{
     self, ALL_STREAM, METADATA_STREAM_PREFIX, current_revision, stream_identifier,
 };
 use crate::filter::LogFilter;
-use crate::proto::client::Empty;
+use crate::proto::client::{Empty, StreamIdentifier};
 use crate::proto::streams::read_req::options::{
     self as read_options, AllOptions, StreamOptions, all_options, stream_options,
 };
@@ -491,17 +491,20 @@ fn confirmation() -> ReadResp {
 
 type ReadResponses = Pin<Box<dyn Stream<Item = Result<ReadResp, Status>> + Send>>;
 
-fn append_expected(
-    option: Option<append_req::options::ExpectedStreamRevision>,
-) -> Result<ExpectedVersion, Status> {
-    use append_req::options::ExpectedStreamRevision as E;
-    match option {
-        Some(E::Revision(r)) => convert::expected_revision(Some(r), false, false, false),
-        Some(E::NoStream(_)) => Ok(ExpectedVersion::NoStream),
-        Some(E::Any(_)) => Ok(ExpectedVersion::Any),
-        Some(E::StreamExists(_)) => Ok(ExpectedVersion::StreamExists),
-        None => convert::expected_revision(None, false, false, false),
-    }
+/// An `expected_stream_revision` oneof as an expected version. Append, delete and tombstone
+/// carry the same oneof as three generated types, hence a macro.
+macro_rules! expected_version {
+    ($option:expr, $($kind:ident)::+) => {
+        match $option {
+            Some($($kind)::+::Revision(r)) => convert::exact_revision(r),
+            Some($($kind)::+::NoStream(_)) => Ok(ExpectedVersion::NoStream),
+            Some($($kind)::+::Any(_)) => Ok(ExpectedVersion::Any),
+            Some($($kind)::+::StreamExists(_)) => Ok(ExpectedVersion::StreamExists),
+            None => Err(Status::invalid_argument(
+                "the expected stream revision is missing",
+            )),
+        }
+    };
 }
 
 fn wrong_expected_version(
@@ -574,12 +577,15 @@ fn writable(stream: StreamId) -> Result<StreamId, Status> {
 }
 
 impl<S: EventStore> StreamsService<S> {
+    /// Delete or tombstone: checks the stream, then applies the change.
     async fn change(
         &self,
-        stream: StreamId,
-        expected: ExpectedVersion,
+        identifier: Option<StreamIdentifier>,
+        expected: Result<ExpectedVersion, Status>,
         tombstone: bool,
     ) -> Result<(), Status> {
+        let stream = writable(convert::stream_id(identifier.as_ref())?)?;
+        let expected = expected?;
         let change = if tombstone {
             StreamChange::Tombstone { expected }
         } else {
@@ -625,7 +631,10 @@ impl<S: EventStore> streams_server::Streams for StreamsService<S> {
             }
         };
         let stream = writable(convert::stream_id(options.stream_identifier.as_ref())?)?;
-        let expected = append_expected(options.expected_stream_revision)?;
+        let expected = expected_version!(
+            options.expected_stream_revision,
+            append_req::options::ExpectedStreamRevision
+        )?;
         let mut events = Vec::new();
         let mut bytes = 0usize;
         while let Some(message) = messages.message().await? {
@@ -693,20 +702,16 @@ impl<S: EventStore> streams_server::Streams for StreamsService<S> {
     }
 
     async fn delete(&self, request: Request<DeleteReq>) -> Result<Response<DeleteResp>, Status> {
-        use delete_req::options::ExpectedStreamRevision as E;
         let options = request
             .into_inner()
             .options
             .ok_or_else(|| Status::invalid_argument("the delete has no options"))?;
-        let stream = writable(convert::stream_id(options.stream_identifier.as_ref())?)?;
-        let expected = match options.expected_stream_revision {
-            Some(E::Revision(r)) => convert::expected_revision(Some(r), false, false, false)?,
-            Some(E::NoStream(_)) => ExpectedVersion::NoStream,
-            Some(E::Any(_)) => ExpectedVersion::Any,
-            Some(E::StreamExists(_)) => ExpectedVersion::StreamExists,
-            None => convert::expected_revision(None, false, false, false)?,
-        };
-        self.change(stream, expected, false).await?;
+        let expected = expected_version!(
+            options.expected_stream_revision,
+            delete_req::options::ExpectedStreamRevision
+        );
+        self.change(options.stream_identifier, expected, false)
+            .await?;
         Ok(Response::new(DeleteResp {
             position_option: Some(delete_resp::PositionOption::NoPosition(Empty {})),
         }))
@@ -716,20 +721,16 @@ impl<S: EventStore> streams_server::Streams for StreamsService<S> {
         &self,
         request: Request<TombstoneReq>,
     ) -> Result<Response<TombstoneResp>, Status> {
-        use tombstone_req::options::ExpectedStreamRevision as E;
         let options = request
             .into_inner()
             .options
             .ok_or_else(|| Status::invalid_argument("the tombstone has no options"))?;
-        let stream = writable(convert::stream_id(options.stream_identifier.as_ref())?)?;
-        let expected = match options.expected_stream_revision {
-            Some(E::Revision(r)) => convert::expected_revision(Some(r), false, false, false)?,
-            Some(E::NoStream(_)) => ExpectedVersion::NoStream,
-            Some(E::Any(_)) => ExpectedVersion::Any,
-            Some(E::StreamExists(_)) => ExpectedVersion::StreamExists,
-            None => convert::expected_revision(None, false, false, false)?,
-        };
-        self.change(stream, expected, true).await?;
+        let expected = expected_version!(
+            options.expected_stream_revision,
+            tombstone_req::options::ExpectedStreamRevision
+        );
+        self.change(options.stream_identifier, expected, true)
+            .await?;
         Ok(Response::new(TombstoneResp {
             position_option: Some(tombstone_resp::PositionOption::NoPosition(Empty {})),
         }))

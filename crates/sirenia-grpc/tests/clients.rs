@@ -26,40 +26,11 @@ use tokio::sync::oneshot;
 /// A bound on every wait, so a broken server fails the test instead of hanging it.
 const WAIT: Duration = Duration::from_secs(30);
 
-fn postgres_url() -> String {
-    std::env::var("SIRENIA_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-/// Drops a test's PostgreSQL schema.
-struct SchemaGuard(String);
-
-impl Drop for SchemaGuard {
-    fn drop(&mut self) {
-        let schema = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                if let Ok((client, connection)) =
-                    tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(connection);
-                    let _ = client
-                        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
+use sirenia::testkit::postgres::{DropSchema, url as postgres_url};
 
 enum Place {
     Embedded(#[allow(dead_code)] tempfile::TempDir),
-    Postgres(#[allow(dead_code)] SchemaGuard),
+    Postgres(#[allow(dead_code)] DropSchema),
 }
 
 /// A store with a server in front of it; the server stops when this is dropped.
@@ -73,7 +44,7 @@ struct Served {
 impl Served {
     async fn start(postgres: bool, options: ServeOptions) -> Served {
         let (store, place) = if postgres {
-            let schema = format!("sirenia_grpc_{}", uuid::Uuid::now_v7().simple());
+            let schema = sirenia::testkit::postgres::fresh_schema("sirenia_grpc");
             let options = PostgresOptions {
                 schema: schema.clone(),
                 pool_size: 8,
@@ -87,7 +58,7 @@ impl Served {
                         postgres_url()
                     )
                 });
-            (AnyStore::from(store), Place::Postgres(SchemaGuard(schema)))
+            (AnyStore::from(store), Place::Postgres(DropSchema(schema)))
         } else {
             let dir = tempfile::tempdir().unwrap();
             let store = AnyStore::open(dir.path().join("store.db").to_str().unwrap())

@@ -507,9 +507,7 @@ async fn tls_connections_are_verified_and_encrypted() {
         "postgresql://postgres@localhost:5432/test?hostaddr=127.0.0.1&sslmode=require".to_owned()
     });
     let schema = format!("sirenia_tls_{}", uuid::Uuid::now_v7().simple());
-    let _guard = common::SchemaGuard {
-        schema: schema.clone(),
-    };
+    let _guard = common::SchemaGuard(schema.clone());
     let options = PostgresOptions {
         schema,
         pool_size: 2,

@@ -201,9 +201,7 @@ async fn open(schema: &str) -> PostgresStore {
 
 /// A fresh schema, dropped when the guard goes.
 fn fresh() -> common::SchemaGuard {
-    common::SchemaGuard {
-        schema: format!("sirenia_p_{}", uuid::Uuid::now_v7().simple()),
-    }
+    common::SchemaGuard(sirenia_testkit::postgres::fresh_schema("sirenia_p"))
 }
 
 /// The oracle: a fold over the whole log.
@@ -267,7 +265,7 @@ fn quick(on_failure: OnFailure) -> ProjectionOptions {
 fn completeness() {
     runtime().block_on(async {
         let guard = fresh();
-        let schema = guard.schema.clone();
+        let schema = guard.0.clone();
         let store = open(&schema).await;
         append(&store, "acct-0", vec![amount(5)]).await;
         let options = quick(OnFailure::Stop);
@@ -307,7 +305,7 @@ fn completeness() {
 fn poison_park() {
     runtime().block_on(async {
         let guard = fresh();
-        let schema = guard.schema.clone();
+        let schema = guard.0.clone();
         let store = open(&schema).await;
         append(&store, "acct-1", vec![amount(1), amount(2)]).await;
         append(&store, "acct-2", vec![poison(40)]).await;
@@ -345,7 +343,7 @@ fn poison_park() {
 fn poison_stop() {
     runtime().block_on(async {
         let guard = fresh();
-        let schema = guard.schema.clone();
+        let schema = guard.0.clone();
         let store = open(&schema).await;
         append(&store, "acct-1", vec![amount(1), poison(2), amount(4)]).await;
         let sums = Sums::new(&schema);
@@ -387,7 +385,7 @@ fn poison_stop() {
 fn blue_green() {
     runtime().block_on(async {
         let guard = fresh();
-        let schema = guard.schema.clone();
+        let schema = guard.0.clone();
         let store = open(&schema).await;
         for i in 0..200 {
             append(&store, &format!("acct-{}", i % 5), vec![amount(i)]).await;
@@ -430,7 +428,7 @@ fn blue_green() {
 fn rebuild() {
     runtime().block_on(async {
         let guard = fresh();
-        let schema = guard.schema.clone();
+        let schema = guard.0.clone();
         let store = open(&schema).await;
         for i in 0..120 {
             append(&store, &format!("acct-{}", i % 7), vec![amount(i)]).await;
@@ -571,7 +569,7 @@ fn sigkill_rounds() {
         .unwrap_or(DEFAULT_KILLS);
     let runtime = runtime();
     let guard = fresh();
-    let schema = guard.schema.clone();
+    let schema = guard.0.clone();
     let store = runtime.block_on(open(&schema));
     let stop = Arc::new(AtomicBool::new(false));
     let appender = start_appender(&runtime, &store, &stop, 7);
@@ -607,7 +605,7 @@ fn sigkill_rounds() {
 fn failover() {
     let runtime = runtime();
     let guard = fresh();
-    let schema = guard.schema.clone();
+    let schema = guard.0.clone();
     let store = runtime.block_on(open(&schema));
     let stop = Arc::new(AtomicBool::new(false));
     let appender = start_appender(&runtime, &store, &stop, 3);

@@ -34,6 +34,8 @@ pub mod conformance;
 pub mod fixture;
 pub mod guard;
 pub mod oracle;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod snapshots;
 
 pub use fixture::{AggregateFixture, AggregateVerdict};

@@ -21,37 +21,7 @@ pub enum Backend {
     Postgres,
 }
 
-/// The database PostgreSQL tests use: `SIRENIA_TEST_POSTGRES_URL`, or the local `test`.
-pub fn postgres_url() -> String {
-    std::env::var("SIRENIA_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-/// Drops a PostgreSQL schema when dropped.
-pub struct SchemaGuard(pub String);
-
-impl Drop for SchemaGuard {
-    fn drop(&mut self) {
-        let schema = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                if let Ok((client, connection)) =
-                    tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(connection);
-                    let _ = client
-                        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
+pub use sirenia::testkit::postgres::{DropSchema as SchemaGuard, url as postgres_url};
 
 /// Where a store lives, cleaned up when dropped.
 pub enum Place {
@@ -63,10 +33,9 @@ impl Place {
     pub fn new(backend: Backend) -> Place {
         match backend {
             Backend::Sqlite => Place::File(tempfile::tempdir().unwrap()),
-            Backend::Postgres => Place::Schema(SchemaGuard(format!(
-                "bank_t_{}",
-                uuid::Uuid::now_v7().simple()
-            ))),
+            Backend::Postgres => Place::Schema(SchemaGuard(
+                sirenia::testkit::postgres::fresh_schema("bank_t"),
+            )),
         }
     }
 
