@@ -151,9 +151,10 @@ enum Command {
         /// The address to listen on (port 0: any free port; the address is printed).
         #[arg(long, default_value = "127.0.0.1:2113")]
         listen: std::net::SocketAddr,
-        /// A user allowed in with basic authentication, as `name:password` (repeatable; none:
-        /// no authentication).
-        #[arg(long = "user", env = "SIRENIA_SERVE_USERS", value_delimiter = ',')]
+        /// A user allowed in with basic authentication, as `name:password` (repeat the flag for
+        /// more users; the password may hold any character, `:` and `,` included; none: no
+        /// authentication).
+        #[arg(long = "user")]
         users: Vec<String>,
         /// The server's TLS certificate chain (PEM); needs --tls-key.
         #[arg(long, requires = "tls_key")]

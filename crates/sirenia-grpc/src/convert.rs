@@ -7,6 +7,7 @@ use ::uuid::Uuid;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
+use sirenia_core::limits::{MAX_CONTENT_TYPE_BYTES, MAX_EVENT_TYPE_BYTES};
 use sirenia_core::{
     EventId, ExpectedVersion, Limit, Metadata, NewEvent, RecordedEvent, StoreError, StreamId,
 };
@@ -31,6 +32,9 @@ pub const CAUSATION_ID_KEY: &str = "$causationId";
 pub const RAW_METADATA_KEY: &str = "$esdbMetadata";
 /// As [`RAW_METADATA_KEY`], for custom metadata that is not UTF-8: the bytes in base64.
 pub const RAW_METADATA_BASE64_KEY: &str = "$esdbMetadataBase64";
+
+/// How much of a client's malformed input an error message repeats (it travels in a header).
+const SHOWN_INPUT_CHARS: usize = 64;
 
 /// 100-nanosecond ticks per microsecond: the protocol's `created` is in ticks since the Unix
 /// epoch, Sirenia's timestamps in microseconds.
@@ -61,8 +65,10 @@ pub(crate) fn uuid_of(id: Option<&ProtoUuid>) -> Result<Uuid, Status> {
             bytes[8..].copy_from_slice(&s.least_significant_bits.to_be_bytes());
             Ok(Uuid::from_bytes(bytes))
         }
-        Some(uuid::Value::String(text)) => Uuid::parse_str(text)
-            .map_err(|e| Status::invalid_argument(format!("event id {text:?}: {e}"))),
+        Some(uuid::Value::String(text)) => Uuid::parse_str(text).map_err(|e| {
+            let shown: String = text.chars().take(SHOWN_INPUT_CHARS).collect();
+            Status::invalid_argument(format!("event id {shown:?}: {e}"))
+        }),
         None => Err(Status::invalid_argument("an event id is missing")),
     }
 }
@@ -209,10 +215,24 @@ pub(crate) fn new_event(
         .remove("type")
         .filter(|t| !t.is_empty())
         .ok_or_else(|| Status::invalid_argument("an event has no type (metadata \"type\")"))?;
+    if event_type.len() > MAX_EVENT_TYPE_BYTES {
+        return Err(status(StoreError::LimitExceeded {
+            limit: Limit::EventTypeBytes,
+            max: MAX_EVENT_TYPE_BYTES as u64,
+            actual: event_type.len() as u64,
+        }));
+    }
     let content_type = metadata
         .remove("content-type")
         .filter(|t| !t.is_empty())
         .unwrap_or_else(|| "application/octet-stream".to_owned());
+    if content_type.len() > MAX_CONTENT_TYPE_BYTES {
+        return Err(status(StoreError::LimitExceeded {
+            limit: Limit::ContentTypeBytes,
+            max: MAX_CONTENT_TYPE_BYTES as u64,
+            actual: content_type.len() as u64,
+        }));
+    }
     Ok(NewEvent::raw(event_type, content_type, data)
         .with_id(EventId(id))
         .with_metadata(metadata_from_custom(custom_metadata)))
@@ -290,7 +310,7 @@ pub(crate) fn status(error: StoreError) -> Status {
         ),
         StoreError::StreamTombstoned { stream } => stream_deleted(&stream),
         StoreError::LimitExceeded {
-            limit: Limit::EventBytes | Limit::AppendBytes | Limit::EventsPerAppend,
+            limit: Limit::AppendBytes,
             max,
             ..
         } => with_trailers(

@@ -178,8 +178,9 @@ impl proto::server_features::server_features_server::ServerFeatures for ServerFe
     }
 }
 
-/// Serves `store` on `listener` until `shutdown` resolves; calls in flight then finish (open
-/// subscriptions end).
+/// Serves `store` on `listener` until `shutdown` resolves. Then reads and subscriptions in
+/// progress end with UNAVAILABLE (clients resubscribe elsewhere or later), appends in progress
+/// finish, and the function returns once every connection has closed.
 pub async fn serve<S: EventStore>(
     store: S,
     listener: TcpListener,
@@ -205,7 +206,12 @@ pub async fn serve<S: EventStore>(
             .map_err(ServeError::Tls)?;
     }
     let auth = BasicAuth::new(options.users);
-    let streams = StreamsServer::new(StreamsService::new(store))
+    let (stopping, stop_signal) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping.send(true);
+    };
+    let streams = StreamsServer::new(StreamsService::with_shutdown(store, stop_signal))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let streams = tonic_interceptor(streams, auth);

@@ -3,13 +3,15 @@
 use std::pin::Pin;
 
 use futures_util::{Stream, StreamExt};
-use sirenia_core::limits::{DEFAULT_PAGE_SIZE, MAX_APPEND_BYTES, MAX_EVENTS_PER_APPEND};
+use sirenia_core::limits::{
+    DEFAULT_PAGE_SIZE, MAX_APPEND_BYTES, MAX_EVENT_BYTES, MAX_EVENTS_PER_APPEND, MAX_METADATA_BYTES,
+};
 use sirenia_core::{
     Direction, EventFilter, EventStore, ExpectedVersion, Limit, Position, ReadAll, ReadStream,
     RecordedEvent, StoreError, StreamChange, StreamId, StreamStatus, StreamWrite, Subscribe,
     SubscriptionItem,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
@@ -31,18 +33,48 @@ use crate::proto::streams::{
 /// Responses buffered per read before the reader waits for the client.
 pub const READ_CHANNEL_CAPACITY: usize = 64;
 
-type Responses = mpsc::Sender<Result<ReadResp, Status>>;
+/// Where a read's responses go, and whether the server is shutting down.
+struct Responses {
+    tx: mpsc::Sender<Result<ReadResp, Status>>,
+    shutdown: Option<watch::Receiver<bool>>,
+}
+
+impl Responses {
+    /// Resolves once the server starts shutting down (or is gone); never without one.
+    async fn shutting_down(&self) {
+        match self.shutdown.clone() {
+            None => std::future::pending().await,
+            Some(mut rx) => {
+                let _ = rx.wait_for(|down| *down).await;
+            }
+        }
+    }
+}
 
 /// The `event_store.client.streams.Streams` service over any Sirenia store.
 #[derive(Clone, Debug)]
 pub struct StreamsService<S> {
     store: S,
+    shutdown: Option<watch::Receiver<bool>>,
 }
 
 impl<S: EventStore> StreamsService<S> {
-    /// The service over `store`.
+    /// The service over `store`; reads and subscriptions run until their clients leave.
     pub fn new(store: S) -> Self {
-        StreamsService { store }
+        StreamsService {
+            store,
+            shutdown: None,
+        }
+    }
+
+    /// The service over `store`; reads and subscriptions end with UNAVAILABLE once `shutdown`
+    /// holds `true` (or its sender is dropped), so a graceful shutdown does not wait for
+    /// subscribers to leave.
+    pub fn with_shutdown(store: S, shutdown: watch::Receiver<bool>) -> Self {
+        StreamsService {
+            store,
+            shutdown: Some(shutdown),
+        }
     }
 }
 
@@ -198,16 +230,20 @@ fn checkpoint(position: Position) -> ReadResp {
     }))
 }
 
-/// Sends `response`; `false` once the client has gone.
-async fn send(tx: &Responses, response: ReadResp) -> bool {
-    tx.send(Ok(response)).await.is_ok()
+/// Sends `response`; `false` once the client has gone or the server is shutting down.
+async fn send(out: &Responses, response: ReadResp) -> bool {
+    tokio::select! {
+        sent = out.tx.send(Ok(response)) => sent.is_ok(),
+        () = out.shutting_down() => false,
+    }
 }
 
-/// Waits for `future` unless the client goes first (`None`).
-async fn unless_gone<T>(tx: &Responses, future: impl Future<Output = T>) -> Option<T> {
+/// Waits for `future` unless the client goes or the server shuts down first (`None`).
+async fn unless_gone<T>(out: &Responses, future: impl Future<Output = T>) -> Option<T> {
     tokio::select! {
         value = future => Some(value),
-        () = tx.closed() => None,
+        () = out.tx.closed() => None,
+        () = out.shutting_down() => None,
     }
 }
 
@@ -327,16 +363,21 @@ impl<S: EventStore> StreamsService<S> {
             (LogPoint::At(0), Direction::Backward) => return Ok(()),
             (LogPoint::At(p), Direction::Backward) => Position(p - 1),
         };
+        // A filtered read examines events it does not send: full pages, however few it wants.
+        let (limit, page) = match filter {
+            Some(_) => (None, DEFAULT_PAGE_SIZE),
+            None => (Some(count), page_size(count)),
+        };
         let mut events = self.store.read_all(ReadAll {
             direction,
             from,
             filter: EventFilter::all(),
-            limit: if filter.is_some() { None } else { Some(count) },
-            page_size: page_size(count),
+            limit,
+            page_size: page,
         });
         let mut sent = 0u64;
         while sent < count {
-            let Some(event) = events.next().await else {
+            let Some(Some(event)) = unless_gone(tx, events.next()).await else {
                 break;
             };
             let event = event.map_err(convert::status)?;
@@ -460,9 +501,12 @@ impl<S: EventStore> StreamsService<S> {
                     }
                 }
                 SubscriptionItem::CaughtUp { head } => {
-                    if filter.is_some() && head >= from {
+                    if filter.is_some() {
                         examined = 0;
-                        let at = last.map_or(head, |l: Position| l.max(head));
+                        // Everything up to here was examined: the client's start, the last
+                        // event seen, or the head, whichever is latest.
+                        let start = Position(from.get().saturating_sub(1));
+                        let at = last.map_or(head, |l: Position| l.max(head)).max(start);
                         if !send(tx, checkpoint(at)).await {
                             return Ok(());
                         }
@@ -606,10 +650,23 @@ impl<S: EventStore> streams_server::Streams for StreamsService<S> {
     async fn read(&self, request: Request<ReadReq>) -> Result<Response<Self::ReadStream>, Status> {
         let (plan, structured_ids) = parse_read(request.into_inner())?;
         let (tx, rx) = mpsc::channel(READ_CHANNEL_CAPACITY);
+        let out = Responses {
+            tx,
+            shutdown: self.shutdown.clone(),
+        };
         let service = self.clone();
         tokio::spawn(async move {
-            if let Err(status) = service.run(plan, structured_ids, &tx).await {
-                let _ = tx.send(Err(status)).await;
+            let shutting_down = || out.shutdown.as_ref().is_some_and(|rx| *rx.borrow());
+            match service.run(plan, structured_ids, &out).await {
+                Err(status) => {
+                    let _ = out.tx.try_send(Err(status));
+                }
+                Ok(()) if shutting_down() => {
+                    let _ = out
+                        .tx
+                        .try_send(Err(Status::unavailable("the server is shutting down")));
+                }
+                Ok(()) => {}
             }
         });
         Ok(Response::new(Box::pin(
@@ -654,9 +711,31 @@ impl<S: EventStore> streams_server::Streams for StreamsService<S> {
                     events.len() + 1,
                 ));
             }
+            // Each event is checked as it arrives, so a call never buffers more than the store
+            // would take.
+            if proposed.data.len() > MAX_EVENT_BYTES {
+                return Err(too_large(
+                    Limit::EventBytes,
+                    MAX_EVENT_BYTES,
+                    proposed.data.len(),
+                ));
+            }
+            if proposed.custom_metadata.len() > MAX_METADATA_BYTES {
+                return Err(too_large(
+                    Limit::MetadataBytes,
+                    MAX_METADATA_BYTES,
+                    proposed.custom_metadata.len(),
+                ));
+            }
+            let properties: usize = proposed
+                .metadata
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum();
             bytes = bytes
                 .saturating_add(proposed.data.len())
-                .saturating_add(proposed.custom_metadata.len());
+                .saturating_add(proposed.custom_metadata.len())
+                .saturating_add(properties);
             if bytes > MAX_APPEND_BYTES {
                 return Err(too_large(Limit::AppendBytes, MAX_APPEND_BYTES, bytes));
             }

@@ -217,6 +217,24 @@ async fn malformed_calls_get_status_codes_and_change_nothing() {
             ],
         ),
         (
+            "a type over the limit",
+            vec![
+                options(b"s-1"),
+                proposed(&new_id(), Some(&"t".repeat(300)), vec![]),
+            ],
+        ),
+        (
+            "custom metadata over the limit",
+            vec![options(b"s-1"), {
+                let mut m = proposed(&new_id(), Some("T"), vec![]);
+                if let Some(append_req::Content::ProposedMessage(p)) = &mut m.content {
+                    p.custom_metadata =
+                        Bytes::from(vec![b' '; sirenia::limits::MAX_METADATA_BYTES + 1]);
+                }
+                m
+            }],
+        ),
+        (
             "a good event followed by a bad one",
             vec![
                 options(b"s-1"),
@@ -495,4 +513,46 @@ async fn tls_serves_clients_that_trust_the_certificate() {
             .is_err()
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_subscriptions_and_returns() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(sirenia_grpc::serve(
+        InMemoryStore::new(),
+        listener,
+        ServeOptions::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut c = client(port).await;
+    let mut request = read_request(all_from_start(), None);
+    request.options.as_mut().unwrap().count_option = Some(read_options::CountOption::Subscription(
+        read_options::SubscriptionOptions {},
+    ));
+    let mut subscription = c.read(request).await.unwrap().into_inner();
+    let confirmation = subscription.message().await.unwrap().unwrap();
+    assert!(matches!(
+        confirmation.content,
+        Some(read_resp::Content::Confirmation(_))
+    ));
+    let caught_up = subscription.message().await.unwrap().unwrap();
+    assert!(matches!(
+        caught_up.content,
+        Some(read_resp::Content::CaughtUp(_))
+    ));
+
+    stop.send(()).unwrap();
+    let end = tokio::time::timeout(WAIT, subscription.message())
+        .await
+        .expect("the subscription did not end on shutdown");
+    assert_eq!(end.unwrap_err().code(), Code::Unavailable);
+    tokio::time::timeout(WAIT, server)
+        .await
+        .expect("serve did not return after shutdown")
+        .unwrap()
+        .unwrap();
 }

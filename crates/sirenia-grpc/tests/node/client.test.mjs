@@ -48,17 +48,16 @@ const rejects = async (promise, type) => {
   assert.fail(`expected ${type.name}, nothing was thrown`);
 };
 
-// Reads `subscription` until `done(events)` holds, failing after a bound.
+// Reads `subscription` until `done({ events, caughtUp })` holds, failing after a bound.
 const until = (subscription, done) =>
   new Promise((resolve, reject) => {
     const events = [];
     let caughtUp = false;
-    const checkpoints = [];
     const timer = setTimeout(() => reject(new Error(`subscription stalled after ${events.length} events`)), 20_000);
     const finish = () => {
-      if (done({ events, caughtUp, checkpoints })) {
+      if (done({ events, caughtUp })) {
         clearTimeout(timer);
-        resolve({ events, caughtUp, checkpoints });
+        resolve({ events, caughtUp });
       }
     };
     subscription.on("caughtUp", () => {
@@ -183,13 +182,19 @@ check("subscribe to $all with a filter: catch up, checkpoints, then live events"
     fromPosition: START,
     filter: eventTypeFilter({
       prefixes: ["Re"],
+      maxSearchWindow: 1,
       checkpointInterval: 1,
-      checkpointReached: (_s, position) => checkpoints.push(position),
+      checkpointReached: (_s, position) => checkpoints.push(position.commit),
     }),
   });
   const caught = await until(subscription, (s) => s.caughtUp);
   assert.deepEqual(caught.events.map((e) => e.type), ["Returned", "Refunded"]);
-  assert.ok(checkpoints.length >= 1, "a checkpoint before catching up");
+  // A window of one: a checkpoint at every event examined, matching or not, then one on
+  // catching up at the head (the last event, or past it where positions have holes).
+  const log = (await collect(client.readAll({ fromPosition: START }))).map((e) => e.position.commit);
+  assert.deepEqual(checkpoints.slice(0, log.length), log);
+  assert.equal(checkpoints.length, log.length + 1);
+  assert.ok(checkpoints[log.length] >= log[log.length - 1]);
   const live = until(subscription, (s) => s.events.length >= 1);
   await client.appendToStream("order-2", [jsonEvent({ type: "Ignored", data: {} }), jsonEvent({ type: "Reordered", data: {} })]);
   const after = await live;
