@@ -4,6 +4,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/shared.proto",
+        "proto/status.proto",
         "proto/streams.proto",
         "proto/serverfeatures.proto",
     ];

@@ -7,7 +7,10 @@ use ::uuid::Uuid;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use sirenia_core::limits::{MAX_CONTENT_TYPE_BYTES, MAX_EVENT_TYPE_BYTES};
+use sirenia_core::limits::{
+    MAX_APPEND_BYTES, MAX_CONTENT_TYPE_BYTES, MAX_EVENT_BYTES, MAX_EVENT_TYPE_BYTES,
+    MAX_EVENTS_PER_APPEND, MAX_METADATA_BYTES,
+};
 use sirenia_core::{
     EventId, ExpectedVersion, Limit, Metadata, NewEvent, RecordedEvent, StoreError, StreamId,
 };
@@ -203,8 +206,70 @@ pub fn custom_from_metadata(metadata: &Metadata) -> Bytes {
     Bytes::from(text.into_bytes())
 }
 
+/// The events of one append as they arrive, each checked against the store's limits at once,
+/// so a call never buffers more than the store would take.
+#[derive(Debug, Default)]
+pub(crate) struct Proposed {
+    events: Vec<NewEvent>,
+    bytes: usize,
+}
+
+fn too_large(limit: Limit, max: usize, actual: usize) -> Status {
+    status(StoreError::LimitExceeded {
+        limit,
+        max: max as u64,
+        actual: actual as u64,
+    })
+}
+
+impl Proposed {
+    /// Checks and adds one proposed message.
+    pub(crate) fn push(
+        &mut self,
+        id: Option<&ProtoUuid>,
+        metadata: HashMap<String, String>,
+        custom_metadata: &[u8],
+        data: Bytes,
+    ) -> Result<(), Status> {
+        if self.events.len() == MAX_EVENTS_PER_APPEND {
+            return Err(too_large(
+                Limit::EventsPerAppend,
+                MAX_EVENTS_PER_APPEND,
+                self.events.len() + 1,
+            ));
+        }
+        if data.len() > MAX_EVENT_BYTES {
+            return Err(too_large(Limit::EventBytes, MAX_EVENT_BYTES, data.len()));
+        }
+        if custom_metadata.len() > MAX_METADATA_BYTES {
+            return Err(too_large(
+                Limit::MetadataBytes,
+                MAX_METADATA_BYTES,
+                custom_metadata.len(),
+            ));
+        }
+        let properties: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        self.bytes = self
+            .bytes
+            .saturating_add(data.len())
+            .saturating_add(custom_metadata.len())
+            .saturating_add(properties);
+        if self.bytes > MAX_APPEND_BYTES {
+            return Err(too_large(Limit::AppendBytes, MAX_APPEND_BYTES, self.bytes));
+        }
+        self.events
+            .push(new_event(id, metadata, custom_metadata, data)?);
+        Ok(())
+    }
+
+    /// The events, in order.
+    pub(crate) fn into_events(self) -> Vec<NewEvent> {
+        self.events
+    }
+}
+
 /// A proposed message as a Sirenia event.
-pub(crate) fn new_event(
+fn new_event(
     id: Option<&ProtoUuid>,
     mut metadata: HashMap<String, String>,
     custom_metadata: &[u8],

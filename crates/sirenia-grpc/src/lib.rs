@@ -3,9 +3,11 @@
 //!
 //! It serves the part of the v20+ client protocol that event-stream clients use:
 //! `ServerFeatures.GetSupportedMethods` and the `Streams` service (`Read` for stream and `$all`
-//! reads and catch-up subscriptions, `Append`, `Delete`, `Tombstone`). `BatchAppend` is not
-//! advertised, so clients append through `Append`. Streams written through the Sirenia library
-//! and through this server are the same streams.
+//! reads and catch-up subscriptions, `Append`, `BatchAppend`, `Delete`, `Tombstone`). Clients
+//! that see `BatchAppend` advertised (the Node client does) send all their appends over one
+//! call, each answered by correlation id; each is one store append, run concurrently with the
+//! others. Streams written through the Sirenia library and through this server are the same
+//! streams.
 //!
 //! How the protocol maps onto Sirenia's model:
 //! - **revisions** are the same numbers; an expected revision `r` is the expected version
@@ -24,7 +26,7 @@
 //!   as not found until an append recreates it (revisions go on); a tombstoned one answers
 //!   `FAILED_PRECONDITION` with `exception: stream-deleted`;
 //! - **not served**: persistent subscriptions, projections, the users, operations and gossip
-//!   services, `BatchAppend` and stream metadata (`$$` streams: writing one answers
+//!   services and stream metadata (`$$` streams: writing one answers
 //!   UNIMPLEMENTED; reading one finds nothing, as on a server where none was set); unknown
 //!   methods answer UNIMPLEMENTED.
 //!
@@ -48,6 +50,7 @@
 #![allow(clippy::result_large_err)]
 
 mod auth;
+mod batch;
 mod convert;
 mod filter;
 mod streams;
@@ -60,6 +63,7 @@ use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
 pub use auth::{BasicAuth, User};
+pub use batch::{BATCH_CHANNEL_CAPACITY, MAX_BATCH_APPENDS_IN_FLIGHT, MAX_BATCH_APPENDS_OPEN};
 pub use convert::{
     CAUSATION_ID_KEY, CORRELATION_ID_KEY, RAW_METADATA_BASE64_KEY, RAW_METADATA_KEY,
     custom_from_metadata, metadata_from_custom,
@@ -85,7 +89,7 @@ pub const MAX_CONCURRENT_CALLS_PER_CONNECTION: u32 = 1_024;
 pub const MAX_MESSAGE_BYTES: usize =
     sirenia_core::limits::MAX_EVENT_BYTES + sirenia_core::limits::MAX_METADATA_BYTES + 64 * 1024;
 
-/// The generated protocol messages and services.
+/// The generated protocol messages and services, in modules named after their packages.
 #[allow(
     missing_docs,
     unreachable_pub,
@@ -94,21 +98,34 @@ pub const MAX_MESSAGE_BYTES: usize =
     rust_2018_idioms
 )]
 pub mod proto {
-    /// `event_store.client`: messages shared by the services.
-    pub mod client {
-        tonic::include_proto!("event_store.client");
+    /// `event_store.*`.
+    pub mod event_store {
+        /// `event_store.client`: messages shared by the services.
+        pub mod client {
+            tonic::include_proto!("event_store.client");
 
-        /// `event_store.client.streams`.
-        pub mod streams {
-            tonic::include_proto!("event_store.client.streams");
-        }
+            /// `event_store.client.streams`.
+            pub mod streams {
+                tonic::include_proto!("event_store.client.streams");
+            }
 
-        /// `event_store.client.server_features`.
-        pub mod server_features {
-            tonic::include_proto!("event_store.client.server_features");
+            /// `event_store.client.server_features`.
+            pub mod server_features {
+                tonic::include_proto!("event_store.client.server_features");
+            }
         }
     }
+
+    /// `google.rpc`: the error status `BatchAppend` answers with.
+    pub mod google {
+        /// `google.rpc`.
+        pub mod rpc {
+            tonic::include_proto!("google.rpc");
+        }
+    }
+
     pub use client::{server_features, streams};
+    pub use event_store::client;
 }
 
 /// The server's options.
@@ -169,6 +186,7 @@ impl proto::server_features::server_features_server::ServerFeatures for ServerFe
             methods: vec![
                 method(STREAMS_SERVICE, "read"),
                 method(STREAMS_SERVICE, "append"),
+                method(STREAMS_SERVICE, "batchappend"),
                 method(STREAMS_SERVICE, "delete"),
                 method(STREAMS_SERVICE, "tombstone"),
                 method(FEATURES_SERVICE, "getsupportedmethods"),

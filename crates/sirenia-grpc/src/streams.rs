@@ -3,11 +3,9 @@
 use std::pin::Pin;
 
 use futures_util::{Stream, StreamExt};
-use sirenia_core::limits::{
-    DEFAULT_PAGE_SIZE, MAX_APPEND_BYTES, MAX_EVENT_BYTES, MAX_EVENTS_PER_APPEND, MAX_METADATA_BYTES,
-};
+use sirenia_core::limits::DEFAULT_PAGE_SIZE;
 use sirenia_core::{
-    Direction, EventFilter, EventStore, ExpectedVersion, Limit, Position, ReadAll, ReadStream,
+    Direction, EventFilter, EventStore, ExpectedVersion, Position, ReadAll, ReadStream,
     RecordedEvent, StoreError, StreamChange, StreamId, StreamStatus, StreamWrite, Subscribe,
     SubscriptionItem,
 };
@@ -25,9 +23,9 @@ use crate::proto::streams::read_req::options::{
 };
 use crate::proto::streams::read_resp::{self, ReadEvent, read_event};
 use crate::proto::streams::{
-    AppendReq, AppendResp, DeleteReq, DeleteResp, ReadReq, ReadResp, TombstoneReq, TombstoneResp,
-    append_req, append_resp, delete_req, delete_resp, streams_server, tombstone_req,
-    tombstone_resp,
+    AppendReq, AppendResp, BatchAppendReq, BatchAppendResp, DeleteReq, DeleteResp, ReadReq,
+    ReadResp, TombstoneReq, TombstoneResp, append_req, append_resp, delete_req, delete_resp,
+    streams_server, tombstone_req, tombstone_resp,
 };
 
 /// Responses buffered per read before the reader waits for the client.
@@ -595,16 +593,8 @@ fn wrong_expected_version(
     }
 }
 
-fn too_large(limit: Limit, max: usize, actual: usize) -> Status {
-    convert::status(StoreError::LimitExceeded {
-        limit,
-        max: max as u64,
-        actual: actual as u64,
-    })
-}
-
 /// A stream that may be written or deleted: any but `$all` and the `$$` metadata streams.
-fn writable(stream: StreamId) -> Result<StreamId, Status> {
+pub(crate) fn writable(stream: StreamId) -> Result<StreamId, Status> {
     if stream.as_str() == ALL_STREAM {
         return Err(Status::invalid_argument(
             "$all cannot be written or deleted",
@@ -674,6 +664,24 @@ impl<S: EventStore> streams_server::Streams for StreamsService<S> {
         )))
     }
 
+    type BatchAppendStream = Pin<Box<dyn Stream<Item = Result<BatchAppendResp, Status>> + Send>>;
+
+    async fn batch_append(
+        &self,
+        request: Request<Streaming<BatchAppendReq>>,
+    ) -> Result<Response<Self::BatchAppendStream>, Status> {
+        let (tx, rx) = mpsc::channel(crate::batch::BATCH_CHANNEL_CAPACITY);
+        tokio::spawn(crate::batch::run(
+            self.store.clone(),
+            request.into_inner(),
+            tx,
+            self.shutdown.clone(),
+        ));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn append(
         &self,
         request: Request<Streaming<AppendReq>>,
@@ -692,8 +700,7 @@ impl<S: EventStore> streams_server::Streams for StreamsService<S> {
             options.expected_stream_revision,
             append_req::options::ExpectedStreamRevision
         )?;
-        let mut events = Vec::new();
-        let mut bytes = 0usize;
+        let mut events = convert::Proposed::default();
         while let Some(message) = messages.message().await? {
             let proposed = match message.content {
                 Some(append_req::Content::ProposedMessage(proposed)) => proposed,
@@ -704,49 +711,14 @@ impl<S: EventStore> streams_server::Streams for StreamsService<S> {
                 }
                 None => return Err(Status::invalid_argument("an append message is empty")),
             };
-            if events.len() == MAX_EVENTS_PER_APPEND {
-                return Err(too_large(
-                    Limit::EventsPerAppend,
-                    MAX_EVENTS_PER_APPEND,
-                    events.len() + 1,
-                ));
-            }
-            // Each event is checked as it arrives, so a call never buffers more than the store
-            // would take.
-            if proposed.data.len() > MAX_EVENT_BYTES {
-                return Err(too_large(
-                    Limit::EventBytes,
-                    MAX_EVENT_BYTES,
-                    proposed.data.len(),
-                ));
-            }
-            if proposed.custom_metadata.len() > MAX_METADATA_BYTES {
-                return Err(too_large(
-                    Limit::MetadataBytes,
-                    MAX_METADATA_BYTES,
-                    proposed.custom_metadata.len(),
-                ));
-            }
-            let properties: usize = proposed
-                .metadata
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum();
-            bytes = bytes
-                .saturating_add(proposed.data.len())
-                .saturating_add(proposed.custom_metadata.len())
-                .saturating_add(properties);
-            if bytes > MAX_APPEND_BYTES {
-                return Err(too_large(Limit::AppendBytes, MAX_APPEND_BYTES, bytes));
-            }
-            events.push(convert::new_event(
+            events.push(
                 proposed.id.as_ref(),
                 proposed.metadata,
                 &proposed.custom_metadata,
                 proposed.data,
-            )?);
+            )?;
         }
-        let write = StreamWrite::new(stream, expected, events);
+        let write = StreamWrite::new(stream, expected, events.into_events());
         let result = match self.store.append(vec![write]).await {
             Ok(result) => result,
             Err(StoreError::Conflict {

@@ -334,7 +334,7 @@ async fn malformed_calls_get_status_codes_and_change_nothing() {
         .await
         .unwrap();
     for path in [
-        "/event_store.client.streams.Streams/BatchAppend",
+        "/event_store.client.projections.Projections/Create",
         "/event_store.client.persistent_subscriptions.PersistentSubscriptions/Create",
     ] {
         let mut grpc = tonic::client::Grpc::new(channel.clone());
@@ -555,4 +555,242 @@ async fn shutdown_ends_open_subscriptions_and_returns() {
         .expect("serve did not return after shutdown")
         .unwrap()
         .unwrap();
+}
+
+fn batch_options(
+    name: &[u8],
+    expected: sirenia_grpc::proto::streams::batch_append_req::options::ExpectedStreamPosition,
+    deadline: Option<prost_types::Timestamp>,
+) -> sirenia_grpc::proto::streams::batch_append_req::Options {
+    sirenia_grpc::proto::streams::batch_append_req::Options {
+        stream_identifier: stream(name),
+        expected_stream_position: Some(expected),
+        deadline,
+    }
+}
+
+fn batch_event(
+    event_type: &str,
+) -> sirenia_grpc::proto::streams::batch_append_req::ProposedMessage {
+    sirenia_grpc::proto::streams::batch_append_req::ProposedMessage {
+        id: Some(ProtoUuid {
+            value: Some(uuid::Value::String(new_id())),
+        }),
+        metadata: [
+            ("type".to_owned(), event_type.to_owned()),
+            (
+                "content-type".to_owned(),
+                "application/octet-stream".to_owned(),
+            ),
+        ]
+        .into(),
+        custom_metadata: Bytes::new(),
+        data: Bytes::from_static(b"x"),
+    }
+}
+
+fn correlation(n: u8) -> Option<ProtoUuid> {
+    Some(ProtoUuid {
+        value: Some(uuid::Value::String(
+            ::uuid::Uuid::from_bytes([n; 16]).to_string(),
+        )),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_append_runs_many_appends_on_one_call() {
+    use sirenia_grpc::proto::client::WrongExpectedVersion;
+    use sirenia_grpc::proto::client::wrong_expected_version::CurrentStreamRevisionOption;
+    use sirenia_grpc::proto::streams::batch_append_req::options::ExpectedStreamPosition as E;
+    use sirenia_grpc::proto::streams::{BatchAppendReq, batch_append_resp};
+
+    let store = InMemoryStore::new();
+    let server = start(store.clone(), ServeOptions::default()).await;
+    let mut c = client(server.port).await;
+    sirenia::EventStore::append(
+        &store,
+        vec![sirenia::StreamWrite::new(
+            sirenia::StreamId::new("gone-1").unwrap(),
+            sirenia::ExpectedVersion::Any,
+            vec![sirenia::NewEvent::json("X", &serde_json::json!({}))],
+        )],
+    )
+    .await
+    .unwrap();
+    sirenia::EventStore::tombstone_stream(
+        &store,
+        &sirenia::StreamId::new("gone-1").unwrap(),
+        sirenia::ExpectedVersion::Any,
+    )
+    .await
+    .unwrap();
+    let past = prost_types::Timestamp {
+        seconds: 1,
+        nanos: 0,
+    };
+    let request = |n: u8, options, events: Vec<&str>, is_final| BatchAppendReq {
+        correlation_id: correlation(n),
+        options,
+        proposed_messages: events.into_iter().map(batch_event).collect(),
+        is_final,
+    };
+    let requests = vec![
+        // 1: one append in two requests, interleaved with 2.
+        request(
+            1,
+            Some(batch_options(b"b-1", E::NoStream(()), None)),
+            vec!["A", "B"],
+            false,
+        ),
+        request(
+            2,
+            Some(batch_options(b"b-2", E::Any(()), None)),
+            vec!["C"],
+            true,
+        ),
+        request(1, None, vec!["D"], true),
+        // 3: a conflict: b-2 has one event, not three.
+        request(
+            3,
+            Some(batch_options(b"b-2", E::StreamPosition(2), None)),
+            vec!["E"],
+            true,
+        ),
+        // 4: no options in its first request.
+        request(4, None, vec!["F"], true),
+        // 5: a tombstoned stream.
+        request(
+            5,
+            Some(batch_options(b"gone-1", E::Any(()), None)),
+            vec!["G"],
+            true,
+        ),
+        // 6: a deadline long gone.
+        request(
+            6,
+            Some(batch_options(b"b-3", E::Any(()), Some(past))),
+            vec!["H"],
+            true,
+        ),
+        // 7: continues b-1 after 1, at an exact position.
+        request(
+            7,
+            Some(batch_options(b"b-1", E::StreamPosition(2), None)),
+            vec!["I"],
+            true,
+        ),
+    ];
+    // 7 must follow 1's write: send the first three, wait for two answers, then the rest.
+    let (sender, receiver) = tokio::sync::mpsc::channel(16);
+    let mut responses = c
+        .batch_append(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut requests = requests.into_iter();
+    for r in requests.by_ref().take(3) {
+        sender.send(r).await.unwrap();
+    }
+    let mut answers = std::collections::HashMap::new();
+    while answers.len() < 2 {
+        let r = tokio::time::timeout(WAIT, responses.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        answers.insert(format!("{:?}", r.correlation_id), r);
+    }
+    for r in requests {
+        sender.send(r).await.unwrap();
+    }
+    drop(sender);
+    while let Some(r) = tokio::time::timeout(WAIT, responses.message())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        answers.insert(format!("{:?}", r.correlation_id), r);
+    }
+    assert_eq!(answers.len(), 7);
+    let result = |n: u8| {
+        answers[&format!("{:?}", correlation(n))]
+            .result
+            .clone()
+            .unwrap()
+    };
+    let success_revision = |n: u8| match result(n) {
+        batch_append_resp::Result::Success(s) => s.current_revision_option,
+        other => panic!("{n}: expected success, got {other:?}"),
+    };
+    use batch_append_resp::success::CurrentRevisionOption::CurrentRevision;
+    assert_eq!(success_revision(1), Some(CurrentRevision(2)));
+    assert_eq!(success_revision(2), Some(CurrentRevision(0)));
+    assert_eq!(success_revision(7), Some(CurrentRevision(3)));
+    let error = |n: u8| match result(n) {
+        batch_append_resp::Result::Error(e) => e,
+        other => panic!("{n}: expected an error, got {other:?}"),
+    };
+    let conflict = error(3);
+    assert_eq!(conflict.code, Code::FailedPrecondition as i32);
+    let detail = conflict.details.unwrap();
+    assert!(
+        detail
+            .type_url
+            .ends_with("/event_store.client.WrongExpectedVersion")
+    );
+    let detail = <WrongExpectedVersion as prost::Message>::decode(detail.value.as_slice()).unwrap();
+    assert_eq!(
+        detail.current_stream_revision_option,
+        Some(CurrentStreamRevisionOption::CurrentStreamRevision(0))
+    );
+    assert_eq!(error(4).code, Code::InvalidArgument as i32);
+    assert!(
+        error(5)
+            .details
+            .unwrap()
+            .type_url
+            .ends_with("/event_store.client.StreamDeleted")
+    );
+    assert!(
+        error(6)
+            .details
+            .unwrap()
+            .type_url
+            .ends_with("/event_store.client.Timeout")
+    );
+
+    // What was stored: 1 and 7 in b-1 in order, 2 in b-2, nothing else.
+    let types = |name: &str| {
+        let store = store.clone();
+        let name = name.to_owned();
+        async move {
+            futures_util::StreamExt::collect::<Vec<_>>(sirenia::EventStore::read_stream(
+                &store,
+                &sirenia::StreamId::new(name).unwrap(),
+                sirenia::ReadStream::forward(),
+            ))
+            .await
+            .into_iter()
+            .map(|e| e.unwrap().event_type)
+            .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(types("b-1").await, ["A", "B", "D", "I"]);
+    assert_eq!(types("b-2").await, ["C"]);
+    assert!(types("b-3").await.is_empty());
+
+    // A request without a correlation id ends the call.
+    let bad = BatchAppendReq {
+        correlation_id: None,
+        options: None,
+        proposed_messages: vec![],
+        is_final: true,
+    };
+    let mut responses = c
+        .batch_append(tokio_stream::iter(vec![bad]))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = responses.message().await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
 }
