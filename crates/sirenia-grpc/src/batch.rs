@@ -11,7 +11,7 @@ use sirenia_core::{EventStore, ExpectedVersion, Limit, StoreError, StreamId, Str
 use tokio::sync::{Semaphore, mpsc, watch};
 use tonic::{Code, Status, Streaming};
 
-use crate::convert::{self, Proposed, current_revision, stream_identifier};
+use crate::convert::{self, Proposed, Refused, current_revision, stream_identifier};
 use crate::proto::client::{
     self as shared, AllStreamPosition, StreamIdentifier, Uuid as ProtoUuid,
 };
@@ -24,6 +24,9 @@ pub const MAX_BATCH_APPENDS_IN_FLIGHT: u32 = 64;
 /// Appends of one `BatchAppend` call being assembled (started, not yet final) at once; a call
 /// with more is ended with RESOURCE_EXHAUSTED.
 pub const MAX_BATCH_APPENDS_OPEN: usize = 1_024;
+/// Bytes of event data and metadata one `BatchAppend` call may hold in appends being assembled;
+/// a call with more is ended with RESOURCE_EXHAUSTED. Two appends of the largest size fit.
+pub const MAX_BATCH_BYTES_OPEN: usize = 2 * sirenia_core::limits::MAX_APPEND_BYTES;
 /// Responses buffered per `BatchAppend` call before appends wait for the client.
 pub const BATCH_CHANNEL_CAPACITY: usize = 64;
 
@@ -174,18 +177,14 @@ pub(crate) async fn run<S: EventStore>(
 ) {
     let in_flight = Arc::new(Semaphore::new(MAX_BATCH_APPENDS_IN_FLIGHT as usize));
     let mut open: HashMap<uuid::Uuid, Open> = HashMap::new();
-    let shutting_down = || async {
-        match shutdown.clone() {
-            None => std::future::pending::<()>().await,
-            Some(mut rx) => {
-                let _ = rx.wait_for(|down| *down).await;
-            }
-        }
-    };
+    // Bytes held by the appends being assembled.
+    let mut open_bytes = 0usize;
+    let stopping = Stopping(shutdown);
     let ended: Option<Status> = loop {
         let request = tokio::select! {
             request = requests.message() => request,
-            () = shutting_down() => break Some(Status::unavailable("the server is shutting down")),
+            () = stopping.wait() => break Some(Status::unavailable("the server is shutting down")),
+            () = tx.closed() => break None,
         };
         let request = match request {
             Ok(Some(request)) => request,
@@ -201,9 +200,16 @@ pub(crate) async fn run<S: EventStore>(
             Ok(key) => key,
             Err(status) => break Some(status),
         };
+        let full = open.len() >= MAX_BATCH_APPENDS_OPEN;
         let entry = match open.entry(key) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(vacant) => {
+                // Checked before anything is held: an append sent whole always goes through.
+                if full && !request.is_final {
+                    break Some(Status::resource_exhausted(format!(
+                        "more than {MAX_BATCH_APPENDS_OPEN} appends open on one call"
+                    )));
+                }
                 let options = request.options.clone().unwrap_or_default();
                 let target = match &request.options {
                     Some(options) => target(options).map_err(|s| refused(&s)),
@@ -221,23 +227,30 @@ pub(crate) async fn run<S: EventStore>(
                 })
             }
         };
+        let before = entry.events.bytes();
         for proposed in request.proposed_messages {
             // A refused append keeps reading its messages, and drops them.
             if entry.failed.is_some() || entry.target.is_err() {
                 break;
             }
-            if let Err(status) = entry.events.push(
+            if let Err(refusal) = entry.events.push(
                 proposed.id.as_ref(),
                 proposed.metadata,
                 &proposed.custom_metadata,
                 proposed.data,
             ) {
-                entry.failed = Some(refused(&status));
+                entry.failed = Some(match refusal {
+                    Refused::Store(error) => store_error(error),
+                    Refused::Request(status) => refused(&status),
+                });
                 entry.events = Proposed::default();
             }
         }
-        if open.len() > MAX_BATCH_APPENDS_OPEN {
-            break Some(Status::resource_exhausted("too many appends open at once"));
+        open_bytes = (open_bytes + entry.events.bytes()).saturating_sub(before);
+        if open_bytes > MAX_BATCH_BYTES_OPEN {
+            break Some(Status::resource_exhausted(format!(
+                "more than {MAX_BATCH_BYTES_OPEN} bytes of appends open on one call"
+            )));
         }
         if !request.is_final {
             continue;
@@ -245,20 +258,50 @@ pub(crate) async fn run<S: EventStore>(
         let Some(done) = open.remove(&key) else {
             continue;
         };
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+        open_bytes = open_bytes.saturating_sub(done.events.bytes());
+        let permit = tokio::select! {
+            permit = in_flight.clone().acquire_owned() => permit,
+            () = stopping.wait() => break Some(Status::unavailable("the server is shutting down")),
+            () = tx.closed() => break None,
+        };
+        let Ok(permit) = permit else {
             break Some(Status::internal("the batch append's semaphore closed"));
         };
-        let (store, tx) = (store.clone(), tx.clone());
+        let (store, tx, stopping) = (store.clone(), tx.clone(), stopping.clone());
         tokio::spawn(async move {
             let response = append(&store, correlation, done).await;
-            let _ = tx.send(Ok(response)).await;
+            // A client that stops reading must not hold the server's shutdown.
+            tokio::select! {
+                _ = tx.send(Ok(response)) => {}
+                () = stopping.wait() => {}
+            }
             drop(permit);
         });
     };
-    // Every append started is answered before the call ends.
+    drop(open);
+    // Every append started is answered (or given up at shutdown) before the call ends.
     let _ = in_flight.acquire_many(MAX_BATCH_APPENDS_IN_FLIGHT).await;
     if let Some(status) = ended {
-        let _ = tx.send(Err(status)).await;
+        tokio::select! {
+            _ = tx.send(Err(status)) => {}
+            () = stopping.wait() => {}
+        }
+    }
+}
+
+/// The server's shutdown signal, if any.
+#[derive(Clone)]
+struct Stopping(Option<watch::Receiver<bool>>);
+
+impl Stopping {
+    /// Resolves once the server starts shutting down (or is gone); never without a signal.
+    async fn wait(&self) {
+        match self.0.clone() {
+            None => std::future::pending::<()>().await,
+            Some(mut rx) => {
+                let _ = rx.wait_for(|down| *down).await;
+            }
+        }
     }
 }
 
@@ -274,7 +317,8 @@ async fn append<S: EventStore>(store: &S, correlation: ProtoUuid, open: Open) ->
     let respond = |result| BatchAppendResp {
         correlation_id: Some(correlation.clone()),
         result: Some(result),
-        stream_identifier: identifier.clone(),
+        // Clients read the stream name of every answer, refused ones included.
+        stream_identifier: Some(identifier.clone().unwrap_or_default()),
         expected_stream_position: echo,
     };
     if let Some(status) = failed {

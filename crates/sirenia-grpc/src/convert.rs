@@ -214,8 +214,25 @@ pub(crate) struct Proposed {
     bytes: usize,
 }
 
-fn too_large(limit: Limit, max: usize, actual: usize) -> Status {
-    status(StoreError::LimitExceeded {
+/// Why a proposed event was refused: a store limit (typed, so each call answers it its way)
+/// or a malformed message.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    Store(StoreError),
+    Request(Status),
+}
+
+impl From<Refused> for Status {
+    fn from(refused: Refused) -> Status {
+        match refused {
+            Refused::Store(error) => status(error),
+            Refused::Request(status) => status,
+        }
+    }
+}
+
+fn too_large(limit: Limit, max: usize, actual: usize) -> Refused {
+    Refused::Store(StoreError::LimitExceeded {
         limit,
         max: max as u64,
         actual: actual as u64,
@@ -230,7 +247,7 @@ impl Proposed {
         metadata: HashMap<String, String>,
         custom_metadata: &[u8],
         data: Bytes,
-    ) -> Result<(), Status> {
+    ) -> Result<(), Refused> {
         if self.events.len() == MAX_EVENTS_PER_APPEND {
             return Err(too_large(
                 Limit::EventsPerAppend,
@@ -257,9 +274,14 @@ impl Proposed {
         if self.bytes > MAX_APPEND_BYTES {
             return Err(too_large(Limit::AppendBytes, MAX_APPEND_BYTES, self.bytes));
         }
-        self.events
-            .push(new_event(id, metadata, custom_metadata, data)?);
+        let event = new_event(id, metadata, custom_metadata, data).map_err(Refused::Request)?;
+        self.events.push(event);
         Ok(())
+    }
+
+    /// Bytes held: data, custom metadata and properties of the events so far.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The events, in order.

@@ -63,7 +63,10 @@ use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
 pub use auth::{BasicAuth, User};
-pub use batch::{BATCH_CHANNEL_CAPACITY, MAX_BATCH_APPENDS_IN_FLIGHT, MAX_BATCH_APPENDS_OPEN};
+pub use batch::{
+    BATCH_CHANNEL_CAPACITY, MAX_BATCH_APPENDS_IN_FLIGHT, MAX_BATCH_APPENDS_OPEN,
+    MAX_BATCH_BYTES_OPEN,
+};
 pub use convert::{
     CAUSATION_ID_KEY, CORRELATION_ID_KEY, RAW_METADATA_BASE64_KEY, RAW_METADATA_KEY,
     custom_from_metadata, metadata_from_custom,
@@ -84,10 +87,13 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most calls one connection may have open at once (HTTP/2 streams: reads, subscriptions,
 /// appends in progress); a client opening more waits for one to end.
 pub const MAX_CONCURRENT_CALLS_PER_CONNECTION: u32 = 1_024;
-/// The largest gRPC message the server accepts: one event of the largest size Sirenia stores
-/// (`MAX_EVENT_BYTES`) with room for its metadata and framing.
-pub const MAX_MESSAGE_BYTES: usize =
-    sirenia_core::limits::MAX_EVENT_BYTES + sirenia_core::limits::MAX_METADATA_BYTES + 64 * 1024;
+/// The largest gRPC message the server accepts: a `BatchAppend` request as the Node client
+/// packs it (events up to 3 MiB, then one more event of the largest size Sirenia stores), with
+/// room for framing.
+pub const MAX_MESSAGE_BYTES: usize = 3 * 1024 * 1024
+    + sirenia_core::limits::MAX_EVENT_BYTES
+    + sirenia_core::limits::MAX_METADATA_BYTES
+    + 64 * 1024;
 
 /// The generated protocol messages and services, in modules named after their packages.
 #[allow(

@@ -692,12 +692,14 @@ async fn batch_append_runs_many_appends_on_one_call() {
         sender.send(r).await.unwrap();
     }
     let mut answers = std::collections::HashMap::new();
+    let mut received = 0;
     while answers.len() < 2 {
         let r = tokio::time::timeout(WAIT, responses.message())
             .await
             .unwrap()
             .unwrap()
             .unwrap();
+        received += 1;
         answers.insert(format!("{:?}", r.correlation_id), r);
     }
     for r in requests {
@@ -709,9 +711,32 @@ async fn batch_append_runs_many_appends_on_one_call() {
         .unwrap()
         .unwrap()
     {
+        received += 1;
         answers.insert(format!("{:?}", r.correlation_id), r);
     }
+    assert_eq!(received, 7, "one answer per append, no more");
     assert_eq!(answers.len(), 7);
+    let answer = |n: u8| answers[&format!("{:?}", correlation(n))].clone();
+    // Every answer names its stream (clients read it), and echoes the expectation.
+    assert_eq!(answer(1).stream_identifier, stream(b"b-1"));
+    assert_eq!(
+        answer(1).expected_stream_position,
+        Some(batch_append_resp::ExpectedStreamPosition::NoStream(()))
+    );
+    assert!(answer(4).stream_identifier.is_some());
+    let Some(batch_append_resp::Result::Success(first)) = answer(1).result else {
+        panic!("1 failed");
+    };
+    let Some(batch_append_resp::Result::Success(last)) = answer(7).result else {
+        panic!("7 failed");
+    };
+    use batch_append_resp::success::PositionOption;
+    let (Some(PositionOption::Position(p1)), Some(PositionOption::Position(p7))) =
+        (first.position_option, last.position_option)
+    else {
+        panic!("appends with events have positions");
+    };
+    assert!(p1.commit_position < p7.commit_position);
     let result = |n: u8| {
         answers[&format!("{:?}", correlation(n))]
             .result
@@ -793,4 +818,97 @@ async fn batch_append_runs_many_appends_on_one_call() {
         .into_inner();
     let status = responses.message().await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_append_limits() {
+    use sirenia::limits::{MAX_APPEND_BYTES, MAX_EVENT_BYTES};
+    use sirenia_grpc::proto::streams::batch_append_req::options::ExpectedStreamPosition as E;
+    use sirenia_grpc::proto::streams::{BatchAppendReq, batch_append_resp};
+
+    let store = InMemoryStore::new();
+    let server = start(store.clone(), ServeOptions::default()).await;
+    let mut c = client(server.port).await;
+    let megabyte = Bytes::from(vec![7u8; MAX_EVENT_BYTES]);
+    let big = |n: usize| {
+        (0..n)
+            .map(|_| {
+                let mut e = batch_event("Big");
+                e.data = megabyte.clone();
+                e
+            })
+            .collect::<Vec<_>>()
+    };
+    let request = |n: u8, first: bool, events, is_final| BatchAppendReq {
+        correlation_id: correlation(n),
+        options: first.then(|| batch_options(b"big-1", E::Any(()), None)),
+        proposed_messages: events,
+        is_final,
+    };
+    // 1: three largest events in one request (as the Node client packs them) go through.
+    // 2: an append growing past the append-size limit is refused with its detail.
+    let past_limit = MAX_APPEND_BYTES / MAX_EVENT_BYTES / 3 + 1;
+    let mut requests = vec![request(1, true, big(3), true)];
+    for i in 0..past_limit {
+        requests.push(request(2, i == 0, big(3), i + 1 == past_limit));
+    }
+    let mut responses = c
+        .batch_append(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut results = std::collections::HashMap::new();
+    while let Some(r) = tokio::time::timeout(WAIT, responses.message())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        results.insert(format!("{:?}", r.correlation_id), r.result.unwrap());
+    }
+    assert!(matches!(
+        results[&format!("{:?}", correlation(1))],
+        batch_append_resp::Result::Success(_)
+    ));
+    let batch_append_resp::Result::Error(refused) = &results[&format!("{:?}", correlation(2))]
+    else {
+        panic!("an append past the size limit was written");
+    };
+    assert!(
+        refused
+            .details
+            .as_ref()
+            .unwrap()
+            .type_url
+            .ends_with("/event_store.client.MaximumAppendSizeExceeded")
+    );
+    let stored = futures_util::StreamExt::collect::<Vec<_>>(sirenia::EventStore::read_stream(
+        &store,
+        &sirenia::StreamId::new("big-1").unwrap(),
+        sirenia::ReadStream::forward(),
+    ))
+    .await;
+    assert_eq!(stored.len(), 3);
+
+    // Appends left open past the call's byte budget end the call.
+    let per_append = sirenia_grpc::MAX_BATCH_BYTES_OPEN / 3 / MAX_EVENT_BYTES + 1;
+    let mut requests = Vec::new();
+    for n in 10..13u8 {
+        for i in 0..per_append.div_ceil(3) {
+            requests.push(request(n, i == 0, big(3), false));
+        }
+    }
+    let mut responses = c
+        .batch_append(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = tokio::time::timeout(WAIT, responses.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains("bytes of appends open"),
+        "{status:?}"
+    );
 }

@@ -147,6 +147,13 @@ check("ids, types, data and metadata round-trip exactly", async () => {
   assert.deepEqual(Buffer.from(binary.metadata), Buffer.from(rawMeta));
 });
 
+check("large events: three of a megabyte in one append", async () => {
+  const big = (n) => binaryEvent({ type: "Big", data: new Uint8Array(1_000_000).fill(n) });
+  await client.appendToStream("large-1", [big(1), big(2), big(3)], { expectedRevision: NO_STREAM });
+  const events = await collect(client.readStream("large-1"));
+  assert.deepEqual(events.map((e) => [e.data.length, e.data[0]]), [[1_000_000, 1], [1_000_000, 2], [1_000_000, 3]]);
+});
+
 check("read $all forwards and backwards", async () => {
   const all = await collect(client.readAll({ direction: FORWARDS, fromPosition: START }));
   assert.ok(all.length >= 7);
