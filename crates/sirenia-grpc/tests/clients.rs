@@ -129,7 +129,8 @@ macro_rules! on_both_stores {
 on_both_stores!(
     node_client,
     kurrentdb_client,
-    library_and_clients_share_streams
+    library_and_clients_share_streams,
+    subscriptions_miss_nothing_under_concurrent_appends
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -758,4 +759,152 @@ async fn library_and_clients_share_streams(served: Served) {
         .unwrap();
     assert_eq!(read_back.last().unwrap().event_type, "Closed");
     assert_eq!(read_back.last().unwrap().revision, 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subscriptions through the server while writers append
+
+/// Opens a subscription (stream `name`, or `$all` when `None`) with a raw client and returns
+/// its responses after the confirmation.
+async fn raw_subscription(
+    port: u16,
+    name: Option<&str>,
+) -> tonic::Streaming<sirenia_grpc::proto::streams::ReadResp> {
+    use sirenia_grpc::proto::client::StreamIdentifier;
+    use sirenia_grpc::proto::streams::read_req::options::{
+        self as o, AllOptions, StreamOptions, all_options, stream_options,
+    };
+    use sirenia_grpc::proto::streams::{ReadReq, read_req, read_resp};
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = sirenia_grpc::proto::streams::streams_client::StreamsClient::new(channel);
+    let stream_option = match name {
+        Some(name) => o::StreamOption::Stream(StreamOptions {
+            stream_identifier: Some(StreamIdentifier {
+                stream_name: Bytes::copy_from_slice(name.as_bytes()),
+            }),
+            revision_option: Some(stream_options::RevisionOption::Start(Default::default())),
+        }),
+        None => o::StreamOption::All(AllOptions {
+            all_option: Some(all_options::AllOption::Start(Default::default())),
+        }),
+    };
+    let request = ReadReq {
+        options: Some(read_req::Options {
+            stream_option: Some(stream_option),
+            read_direction: 0,
+            resolve_links: false,
+            count_option: Some(o::CountOption::Subscription(o::SubscriptionOptions {})),
+            filter_option: None,
+            uuid_option: None,
+            control_option: None,
+        }),
+    };
+    let mut responses = client.read(request).await.unwrap().into_inner();
+    let first = responses.message().await.unwrap().unwrap();
+    assert!(matches!(
+        first.content,
+        Some(read_resp::Content::Confirmation(_))
+    ));
+    responses
+}
+
+/// The (stream, revision, position) of the next `n` events a subscription delivers.
+async fn next_events(
+    responses: &mut tonic::Streaming<sirenia_grpc::proto::streams::ReadResp>,
+    n: usize,
+) -> Vec<(String, u64, u64)> {
+    use sirenia_grpc::proto::streams::read_resp;
+    let mut events = Vec::new();
+    while events.len() < n {
+        let message = tokio::time::timeout(WAIT, responses.message())
+            .await
+            .expect("the subscription stalled")
+            .unwrap()
+            .unwrap();
+        if let Some(read_resp::Content::Event(e)) = message.content {
+            let e = e.event.unwrap();
+            let name =
+                String::from_utf8(e.stream_identifier.unwrap().stream_name.to_vec()).unwrap();
+            events.push((name, e.stream_revision, e.commit_position));
+        }
+    }
+    events
+}
+
+/// A stream subscription and a `$all` subscription, both opened from the start before four
+/// writers append concurrently (single events and batches, to one shared stream and their own),
+/// deliver every event exactly once, in order.
+async fn subscriptions_miss_nothing_under_concurrent_appends(served: Served) {
+    const WRITERS: u64 = 4;
+    const APPENDS: u64 = 25;
+    let mut shared = raw_subscription(served.port, Some("race-1")).await;
+    let mut all = raw_subscription(served.port, None).await;
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let store = served.store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..APPENDS {
+                let name = if i % 2 == 0 {
+                    "race-1".to_owned()
+                } else {
+                    format!("own-{w}")
+                };
+                let events = (0..1 + i % 3)
+                    .map(|k| NewEvent::json("Raced", &json!({"w": w, "i": i, "k": k})))
+                    .collect();
+                store
+                    .append(vec![StreamWrite::new(
+                        StreamId::new(name).unwrap(),
+                        ExpectedVersion::Any,
+                        events,
+                    )])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let per_writer_shared: u64 = (0..APPENDS).filter(|i| i % 2 == 0).map(|i| 1 + i % 3).sum();
+    let per_writer_all: u64 = (0..APPENDS).map(|i| 1 + i % 3).sum();
+    let shared_events = next_events(
+        &mut shared,
+        usize::try_from(WRITERS * per_writer_shared).unwrap(),
+    )
+    .await;
+    let revisions: Vec<u64> = shared_events.iter().map(|e| e.1).collect();
+    assert_eq!(
+        revisions,
+        (0..WRITERS * per_writer_shared).collect::<Vec<_>>()
+    );
+    let all_events =
+        next_events(&mut all, usize::try_from(WRITERS * per_writer_all).unwrap()).await;
+    assert!(
+        all_events.windows(2).all(|w| w[0].2 < w[1].2),
+        "positions increase"
+    );
+    let stored: Vec<_> = served
+        .store
+        .read_all(ReadAll::forward())
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.stream_id.as_str().to_owned(),
+                e.revision,
+                e.position.get(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        all_events, stored,
+        "the $all subscription delivered the log exactly"
+    );
 }
