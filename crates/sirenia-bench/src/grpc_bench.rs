@@ -17,7 +17,7 @@ use sirenia_sqlite::SqliteStore;
 use tokio::sync::oneshot;
 
 use crate::Scale;
-use crate::report::{BenchResult, Measurement, Row, histogram};
+use crate::report::{BenchResult, Measurement, Row, from_quantiles};
 
 const APPENDS: &str = "S14 grpc node-client appends";
 const READS: &str = "S14 grpc node-client reads";
@@ -75,16 +75,9 @@ async fn node(args: &[String]) -> BenchResult<Measurement> {
         .into());
     }
     let line: NodeLine = serde_json::from_slice(&output.stdout)?;
-    let latency = if line.p50_us > 0 {
-        // The three quantiles the table prints, as a histogram answering them.
-        let mut h = histogram();
-        h.record_n(line.p50_us.max(1), 500)?;
-        h.record_n(line.p99_us.max(1), 490)?;
-        h.record_n(line.p999_us.max(1), 10)?;
-        Some(h)
-    } else {
-        None
-    };
+    let latency = (line.p50_us > 0)
+        .then(|| from_quantiles(line.p50_us, line.p99_us, line.p999_us))
+        .transpose()?;
     Ok(Measurement {
         events: line.events,
         elapsed: Duration::from_secs_f64(line.seconds),

@@ -6,10 +6,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use serde::Deserialize;
 
-use crate::report::{BenchResult, Measurement, Row, histogram};
+use crate::report::{BenchResult, Measurement, Row, from_quantiles};
 
 /// One line of `bench-peers`' output.
 #[derive(Deserialize)]
@@ -24,16 +23,6 @@ struct Line {
     p50_us: u64,
     p99_us: u64,
     p999_us: u64,
-}
-
-/// A histogram holding the three quantiles a peer reported (the table prints only those).
-fn quantiles(line: &Line) -> BenchResult<Histogram<u64>> {
-    let mut h = histogram();
-    // 50 at p50, 49 at p99, 1 at p99.9: the histogram then answers the same three quantiles.
-    h.record_n(line.p50_us.max(1), 500)?;
-    h.record_n(line.p99_us.max(1), 490)?;
-    h.record_n(line.p999_us.max(1), 10)?;
-    Ok(h)
 }
 
 /// Whether a part of a subject is the named one: equal, or with a name ending in `*`, starting
@@ -111,7 +100,9 @@ pub(crate) fn run(
             measurement: Measurement {
                 events: line.events,
                 elapsed: Duration::from_secs_f64(line.seconds.max(f64::EPSILON)),
-                latency: (line.p50_us > 0).then(|| quantiles(&line)).transpose()?,
+                latency: (line.p50_us > 0)
+                    .then(|| from_quantiles(line.p50_us, line.p99_us, line.p999_us))
+                    .transpose()?,
                 peak_rss: None,
             },
             baseline,

@@ -136,6 +136,20 @@ pub(crate) fn histogram() -> Histogram<u64> {
         .unwrap_or_else(|e| unreachable!("constant histogram bounds are valid: {e}"))
 }
 
+/// A histogram answering the three quantiles the table prints, for figures measured elsewhere
+/// (the peers, the Node client): 50% at p50, 49% at p99, 1% at p99.9.
+pub(crate) fn from_quantiles(
+    p50_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+) -> BenchResult<Histogram<u64>> {
+    let mut h = histogram();
+    h.record_n(p50_us.max(1), 500)?;
+    h.record_n(p99_us.max(1), 490)?;
+    h.record_n(p999_us.max(1), 10)?;
+    Ok(h)
+}
+
 /// Resets the kernel's peak-RSS counter for this process (Linux: `/proc/self/clear_refs`).
 pub(crate) fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use sirenia_core::{EventStore, ExpectedVersion, Limit, StoreError, StreamId, StreamWrite};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc};
 use tonic::{Code, Status, Streaming};
 
 use crate::convert::{self, Proposed, Refused, current_revision, stream_identifier};
@@ -17,7 +17,7 @@ use crate::proto::client::{
 };
 use crate::proto::google::rpc;
 use crate::proto::streams::{BatchAppendReq, BatchAppendResp, batch_append_req, batch_append_resp};
-use crate::streams::writable;
+use crate::streams::{Stopping, writable};
 
 /// Appends of one `BatchAppend` call the store works on at once; more wait.
 pub const MAX_BATCH_APPENDS_IN_FLIGHT: u32 = 64;
@@ -173,13 +173,12 @@ pub(crate) async fn run<S: EventStore>(
     store: S,
     mut requests: Streaming<BatchAppendReq>,
     tx: Responses,
-    shutdown: Option<watch::Receiver<bool>>,
+    stopping: Stopping,
 ) {
     let in_flight = Arc::new(Semaphore::new(MAX_BATCH_APPENDS_IN_FLIGHT as usize));
     let mut open: HashMap<uuid::Uuid, Open> = HashMap::new();
     // Bytes held by the appends being assembled.
     let mut open_bytes = 0usize;
-    let stopping = Stopping(shutdown);
     let ended: Option<Status> = loop {
         let request = tokio::select! {
             request = requests.message() => request,
@@ -285,22 +284,6 @@ pub(crate) async fn run<S: EventStore>(
         tokio::select! {
             _ = tx.send(Err(status)) => {}
             () = stopping.wait() => {}
-        }
-    }
-}
-
-/// The server's shutdown signal, if any.
-#[derive(Clone)]
-struct Stopping(Option<watch::Receiver<bool>>);
-
-impl Stopping {
-    /// Resolves once the server starts shutting down (or is gone); never without a signal.
-    async fn wait(&self) {
-        match self.0.clone() {
-            None => std::future::pending::<()>().await,
-            Some(mut rx) => {
-                let _ = rx.wait_for(|down| *down).await;
-            }
         }
     }
 }

@@ -31,29 +31,38 @@ use crate::proto::streams::{
 /// Responses buffered per read before the reader waits for the client.
 pub const READ_CHANNEL_CAPACITY: usize = 64;
 
-/// Where a read's responses go, and whether the server is shutting down.
-struct Responses {
-    tx: mpsc::Sender<Result<ReadResp, Status>>,
-    shutdown: Option<watch::Receiver<bool>>,
-}
+/// The server's shutdown signal, if it has one.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Stopping(Option<watch::Receiver<bool>>);
 
-impl Responses {
-    /// Resolves once the server starts shutting down (or is gone); never without one.
-    async fn shutting_down(&self) {
-        match self.shutdown.clone() {
+impl Stopping {
+    /// Resolves once the server starts shutting down (or is gone); never without a signal.
+    pub(crate) async fn wait(&self) {
+        match self.0.clone() {
             None => std::future::pending().await,
             Some(mut rx) => {
                 let _ = rx.wait_for(|down| *down).await;
             }
         }
     }
+
+    /// Whether the server has started shutting down.
+    fn started(&self) -> bool {
+        self.0.as_ref().is_some_and(|rx| *rx.borrow())
+    }
+}
+
+/// Where a read's responses go, and whether the server is shutting down.
+struct Responses {
+    tx: mpsc::Sender<Result<ReadResp, Status>>,
+    stopping: Stopping,
 }
 
 /// The `event_store.client.streams.Streams` service over any Sirenia store.
 #[derive(Clone, Debug)]
 pub struct StreamsService<S> {
     store: S,
-    shutdown: Option<watch::Receiver<bool>>,
+    stopping: Stopping,
 }
 
 impl<S: EventStore> StreamsService<S> {
@@ -61,7 +70,7 @@ impl<S: EventStore> StreamsService<S> {
     pub fn new(store: S) -> Self {
         StreamsService {
             store,
-            shutdown: None,
+            stopping: Stopping::default(),
         }
     }
 
@@ -71,7 +80,7 @@ impl<S: EventStore> StreamsService<S> {
     pub fn with_shutdown(store: S, shutdown: watch::Receiver<bool>) -> Self {
         StreamsService {
             store,
-            shutdown: Some(shutdown),
+            stopping: Stopping(Some(shutdown)),
         }
     }
 }
@@ -232,7 +241,7 @@ fn checkpoint(position: Position) -> ReadResp {
 async fn send(out: &Responses, response: ReadResp) -> bool {
     tokio::select! {
         sent = out.tx.send(Ok(response)) => sent.is_ok(),
-        () = out.shutting_down() => false,
+        () = out.stopping.wait() => false,
     }
 }
 
@@ -241,7 +250,7 @@ async fn unless_gone<T>(out: &Responses, future: impl Future<Output = T>) -> Opt
     tokio::select! {
         value = future => Some(value),
         () = out.tx.closed() => None,
-        () = out.shutting_down() => None,
+        () = out.stopping.wait() => None,
     }
 }
 
@@ -642,16 +651,15 @@ impl<S: EventStore> streams_server::Streams for StreamsService<S> {
         let (tx, rx) = mpsc::channel(READ_CHANNEL_CAPACITY);
         let out = Responses {
             tx,
-            shutdown: self.shutdown.clone(),
+            stopping: self.stopping.clone(),
         };
         let service = self.clone();
         tokio::spawn(async move {
-            let shutting_down = || out.shutdown.as_ref().is_some_and(|rx| *rx.borrow());
             match service.run(plan, structured_ids, &out).await {
                 Err(status) => {
                     let _ = out.tx.try_send(Err(status));
                 }
-                Ok(()) if shutting_down() => {
+                Ok(()) if out.stopping.started() => {
                     let _ = out
                         .tx
                         .try_send(Err(Status::unavailable("the server is shutting down")));
@@ -675,7 +683,7 @@ impl<S: EventStore> streams_server::Streams for StreamsService<S> {
             self.store.clone(),
             request.into_inner(),
             tx,
-            self.shutdown.clone(),
+            self.stopping.clone(),
         ));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
