@@ -21,6 +21,10 @@ fn url() -> String {
 
 const PAYLOAD: &str = r#"{"account":"acc-0001","amount":1250,"currency":"EUR","note":"benchmark"}"#;
 
+/// S1's rounds: raw and Sirenia alternate, each running this many times for a fraction of the
+/// scenario's duration.
+const S1_ROUNDS: u32 = 5;
+
 /// The same row shape as the store's events table, for the raw baseline.
 fn raw_schema(schema: &str) -> String {
     format!(
@@ -64,19 +68,23 @@ async fn raw_inserts(
             b + 4
         ));
     }
-    let sql = Arc::new(format!(
+    let sql = format!(
         "INSERT INTO {schema}.events (stream_id, revision, event_id, event_type, schema_version, \
          content_type, data) VALUES {values}"
-    ));
+    );
+    // Connected and prepared before the clock starts, as the store's pool is.
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let client = connect().await?;
+        let statement = client.prepare(&sql).await?;
+        clients.push((client, statement));
+    }
     reset_peak_rss();
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks: Vec<tokio::task::JoinHandle<crate::report::TaskResult>> = Vec::new();
-    for c in 0..connections {
-        let sql = sql.clone();
+    for (c, (client, statement)) in clients.into_iter().enumerate() {
         tasks.push(tokio::spawn(async move {
-            let client = connect().await?;
-            let statement = client.prepare(&sql).await?;
             let mut latency = histogram();
             let (mut events, mut revision) = (0u64, 0i64);
             let stream = format!("raw{c}-{}", Uuid::now_v7().simple());
@@ -286,7 +294,19 @@ pub(crate) async fn run(
             }
             for connections in [1usize, 4, 8, 32] {
                 let scenario = "S1 postgres single-event appends";
-                let m = raw_inserts(&raw, connections, 1, scale.duration).await?;
+                // Raw and Sirenia take turns in short rounds, so that the disk's and the
+                // machine's drift over the run falls on both alike.
+                let round = scale.duration / S1_ROUNDS;
+                let (mut raw_total, mut ours_total) = (None, None);
+                for _ in 0..S1_ROUNDS {
+                    let m = raw_inserts(&raw, connections, 1, round).await?;
+                    Measurement::accumulate(&mut raw_total, m)?;
+                    let m = sirenia_appends(&store, connections, 1, round).await?;
+                    Measurement::accumulate(&mut ours_total, m)?;
+                }
+                let (Some(m), Some(ours)) = (raw_total, ours_total) else {
+                    unreachable!("S1_ROUNDS is not zero");
+                };
                 let raw_rate = m.rate();
                 rows.push(row(
                     scenario,
@@ -315,7 +335,7 @@ pub(crate) async fn run(
                         None,
                     ));
                 }
-                let m = sirenia_appends(&store, connections, 1, scale.duration).await?;
+                let m = ours;
                 let goal = match connections {
                     1 => Some(Goal::Ratio(0.9)),
                     8 => Some(Goal::Ratio(0.8)),

@@ -109,6 +109,26 @@ impl Measurement {
     pub(crate) fn rate(&self) -> f64 {
         self.events as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
     }
+
+    /// Adds `next` (a later round of the same subject) to `total`: events and time summed,
+    /// latencies pooled, the highest peak memory kept.
+    pub(crate) fn accumulate(total: &mut Option<Self>, next: Self) -> BenchResult<()> {
+        let Some(sum) = total else {
+            *total = Some(next);
+            return Ok(());
+        };
+        sum.events += next.events;
+        sum.elapsed += next.elapsed;
+        sum.latency = match (sum.latency.take(), next.latency) {
+            (Some(mut a), Some(b)) => {
+                a.add(&b)?;
+                Some(a)
+            }
+            (a, b) => a.or(b),
+        };
+        sum.peak_rss = sum.peak_rss.max(next.peak_rss);
+        Ok(())
+    }
 }
 
 /// A line of the table: a subject's measurement, compared with the scenario's baseline.

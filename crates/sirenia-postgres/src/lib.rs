@@ -1273,12 +1273,25 @@ async fn notify(
     channel: String,
     announce: Arc<tokio::sync::Notify>,
 ) {
+    // A notification is only a wake-up (readers poll by position), so its commit need not
+    // wait for the WAL to reach disk: a synced commit here would compete with the appends'
+    // own commits for every flush.
     let sql = format!("NOTIFY {channel}");
     loop {
         let Ok(driven) = connector.connect(&config, None).await else {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
+        if driven
+            .client
+            .batch_execute("SET synchronous_commit = off")
+            .await
+            .is_err()
+        {
+            driven.driver.abort();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
         loop {
             announce.notified().await;
             if driven.client.batch_execute(&sql).await.is_err() {
