@@ -21,6 +21,9 @@ fn url() -> String {
 
 const PAYLOAD: &str = r#"{"account":"acc-0001","amount":1250,"currency":"EUR","note":"benchmark"}"#;
 
+/// Each writer (raw or Sirenia) appends round-robin to this many streams of its own.
+const STREAMS_PER_WRITER: usize = 100;
+
 /// S1's rounds: raw and Sirenia alternate, each running this many times for a fraction of the
 /// scenario's duration.
 const S1_ROUNDS: u32 = 5;
@@ -86,15 +89,23 @@ async fn raw_inserts(
     for (c, (client, statement)) in clients.into_iter().enumerate() {
         tasks.push(tokio::spawn(async move {
             let mut latency = histogram();
-            let (mut events, mut revision) = (0u64, 0i64);
-            let stream = format!("raw{c}-{}", Uuid::now_v7().simple());
+            let mut events = 0u64;
+            // The rows Sirenia's appends make: round-robin over the writer's own 100 streams,
+            // each statement's rows at the next revisions of one of them.
+            let run = Uuid::now_v7().simple();
+            let streams: Vec<String> = (0..STREAMS_PER_WRITER)
+                .map(|s| format!("raw{c}-{run}-{s}"))
+                .collect();
+            let mut next = vec![0i64; STREAMS_PER_WRITER];
             let payload = PAYLOAD.to_owned();
+            let mut i = 0usize;
             while Instant::now() < deadline {
+                let s = i % STREAMS_PER_WRITER;
                 let ids: Vec<Uuid> = (0..batch).map(|_| Uuid::now_v7()).collect();
-                let revisions: Vec<i64> = (0..batch as i64).map(|i| revision + i).collect();
+                let revisions: Vec<i64> = (0..batch as i64).map(|r| next[s] + r).collect();
                 let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
                 for r in 0..batch {
-                    params.push(&stream);
+                    params.push(&streams[s]);
                     params.push(&revisions[r]);
                     params.push(&ids[r]);
                     params.push(&payload);
@@ -102,8 +113,9 @@ async fn raw_inserts(
                 let t0 = Instant::now();
                 client.execute(&statement, &params).await?;
                 record(&mut latency, t0)?;
-                revision += batch as i64;
+                next[s] += batch as i64;
                 events += batch as u64;
+                i += 1;
             }
             Ok((events, latency))
         }));
@@ -128,9 +140,9 @@ pub(crate) async fn sirenia_appends<S: sirenia_core::EventStore>(
         let (store, template) = (store.clone(), template.clone());
         tasks.push(tokio::spawn(async move {
             let mut latency = histogram();
-            let (mut events, mut i) = (0u64, 0u64);
+            let (mut events, mut i) = (0u64, 0usize);
             while Instant::now() < deadline {
-                let stream = StreamId::new(format!("bench{w}-{}", i % 100))?;
+                let stream = StreamId::new(format!("bench{w}-{}", i % STREAMS_PER_WRITER))?;
                 let batch: Vec<NewEvent> = (0..batch)
                     .map(|_| template.clone().with_id(sirenia_core::EventId::new()))
                     .collect();
@@ -153,9 +165,12 @@ pub(crate) async fn sirenia_appends<S: sirenia_core::EventStore>(
 fn pgbench(schema: &str, clients: usize, duration: Duration) -> Option<f64> {
     let script = std::env::temp_dir().join(format!("sirenia-pgbench-{}.sql", std::process::id()));
     let sql = format!(
-        "INSERT INTO {schema}.events (stream_id, revision, event_id, event_type, schema_version, \
-         content_type, data) VALUES ('pgbench-' || :client_id, nextval('{schema}.pgbench_rev'), \
-         gen_random_uuid(), 'MoneyDeposited', 1, 'application/json', '{PAYLOAD}'::jsonb);\n"
+        "\\set s random(0, {last})\n\
+         INSERT INTO {schema}.events (stream_id, revision, event_id, event_type, schema_version, \
+         content_type, data) VALUES ('pgbench-' || :client_id || '-' || :s, \
+         nextval('{schema}.pgbench_rev'), gen_random_uuid(), 'MoneyDeposited', 1, \
+         'application/json', '{PAYLOAD}'::jsonb);\n",
+        last = STREAMS_PER_WRITER - 1
     );
     std::fs::write(&script, sql).ok()?;
     let config: tokio_postgres::Config = url().parse().ok()?;
