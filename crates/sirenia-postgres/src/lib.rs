@@ -1532,7 +1532,11 @@ impl EventStore for PostgresStore {
     }
 
     async fn wait_for_events(&self, from: Position) -> Result<(), StoreError> {
+        // Wake-ups from now on count (one arriving during the head query included); those
+        // before are covered by the query. A clone of the store's receiver would still see
+        // every wake-up since the store connected as new, and never wait.
         let mut wake = self.shared.wake.clone();
+        wake.borrow_and_update();
         if self.safe_head().await? >= from {
             return Ok(());
         }

@@ -615,3 +615,83 @@ async fn appends_take_one_statement_when_they_can() {
         "a refusal and a multi-stream append"
     );
 }
+
+/// A store on `schema` that only notifications can wake: its poll interval is an hour.
+async fn woken_only_by_notifications(schema: &str) -> PostgresStore {
+    let options = PostgresOptions {
+        schema: schema.to_owned(),
+        pool_size: 2,
+        poll_interval: Duration::from_secs(3600),
+        ..PostgresOptions::default()
+    };
+    PostgresStore::connect_with(&common::url(), options)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_live_wait_waits_instead_of_polling() {
+    let guarded = common::fresh_store().await;
+    let store = woken_only_by_notifications(guarded.store().schema()).await;
+    // Nothing is appended: every return is spurious. The contract allows a few (the listener
+    // connecting is announced); a wait that returns at once would return thousands of times.
+    let mut returns = 0u32;
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            store
+                .wait_for_events(sirenia_core::Position(1))
+                .await
+                .unwrap();
+            returns += 1;
+        }
+    })
+    .await;
+    assert!(
+        returns <= 3,
+        "the wait returned {returns} times with nothing appended"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_through_another_pool_wakes_a_live_wait() {
+    let guarded = common::fresh_store().await;
+    let waiting = woken_only_by_notifications(guarded.store().schema()).await;
+    let waiter = tokio::spawn(async move {
+        loop {
+            let page = waiting
+                .read_all_page(
+                    sirenia_core::Position(0),
+                    sirenia_core::Direction::Forward,
+                    &sirenia_core::EventFilter::default(),
+                    10,
+                )
+                .await
+                .unwrap();
+            if !page.events.is_empty() {
+                return page.events.len();
+            }
+            waiting
+                .wait_for_events(sirenia_core::Position(1))
+                .await
+                .unwrap();
+        }
+    });
+    // Give the waiter time to block (it is woken either way; this only makes the test
+    // exercise a wait rather than the first read).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    guarded
+        .store()
+        .append(vec![StreamWrite::new(
+            StreamId::new("woken-1").unwrap(),
+            ExpectedVersion::NoStream,
+            vec![NewEvent::json("Happened", &json!({}))],
+        )])
+        .await
+        .unwrap();
+    // Without the cross-process notification the waiter would sleep for its hour.
+    let seen = tokio::time::timeout(Duration::from_secs(60), waiter)
+        .await
+        .expect("a notification should wake the waiting store")
+        .unwrap();
+    assert_eq!(seen, 1);
+}
