@@ -3,9 +3,15 @@
 //! Sirenia's PostgreSQL store: the whole [`EventStore`] port for any number of application
 //! instances sharing one database.
 //!
-//! - **One round trip per append**, whatever its size: a stored function takes the request as
-//!   arrays, locks the streams' rows (in name order, so concurrent appends cannot deadlock),
-//!   checks every expectation before inserting anything, and inserts all events in one statement.
+//! - **One round trip per append**, whatever its size. The unique `(stream_id, revision)` key
+//!   decides between appends: a single-stream append is one `INSERT` of its events at the
+//!   revision its expectation names (or that this process last saw the stream reach, or the one
+//!   after the stream's last event), and an append that finds its revision taken is decided
+//!   again. A deleted or tombstoned stream has a *fence*, a row at its version with a negative
+//!   position that no read ever returns, so appends meet it on the key without looking up the
+//!   stream's lifecycle. Multi-stream appends, appends in a caller's transaction and refused
+//!   appends go to a stored function that takes the request as arrays, honours the lifecycle
+//!   and checks every expectation before inserting anything.
 //! - **A log that never skips an event.** A position is `(transaction id << 20) + index`, and
 //!   readers only read below `pg_snapshot_xmin(pg_current_snapshot()) << 20`: every transaction
 //!   below that has finished, and any transaction that can still add events has a higher id, so
@@ -66,6 +72,12 @@ pub const DEFAULT_SCHEMA: &str = "sirenia";
 pub const MAX_SCHEMA_NAME: usize = 48;
 /// Times an append is decided again after racing with a concurrent append of the same ids.
 pub const MAX_APPEND_ATTEMPTS: usize = 3;
+/// Most streams whose version a store remembers (the one-statement append's revision); past
+/// it the memory starts afresh.
+pub const MAX_CACHED_VERSIONS: usize = 100_000;
+/// Times an append is decided again after losing a revision to a concurrent append of the same
+/// stream (each time someone else's append went through).
+pub const MAX_REVISION_RACES: usize = 64;
 /// Appends within this interval share one cross-process notification (this process's
 /// subscriptions are woken at once regardless).
 pub const NOTIFY_COALESCE: Duration = Duration::from_millis(2);
@@ -121,6 +133,11 @@ struct Shared {
     listener: tokio::task::JoinHandle<()>,
     notifier: tokio::task::JoinHandle<()>,
     poll_interval: Duration,
+    /// The version each stream reached in this process's last append of it (at most
+    /// [`MAX_CACHED_VERSIONS`]): the one-statement path's revision for that stream. `None`:
+    /// the stream is contended (an append of the remembered revision found it taken), so its
+    /// appends ask the log for the revision instead.
+    versions: std::sync::Mutex<HashMap<String, Option<u64>>>,
     /// Appends done by the one-statement path and by the append function.
     one_statement: std::sync::atomic::AtomicU64,
     by_function: std::sync::atomic::AtomicU64,
@@ -153,10 +170,10 @@ impl std::fmt::Debug for PostgresStore {
 /// The statements, with the schema filled in.
 struct Sql {
     append: String,
-    /// One write of one event in plain SQL: `[0]` may create the stream, `[1]` needs it.
-    append_one: [String; 2],
+    /// One write of one event in one INSERT, by [`Shape`] (known, exact, computed).
+    append_one: [String; 3],
     /// The same for a write of several events.
-    append_batch: [String; 2],
+    append_batch: [String; 3],
     select: String,
     by_id: String,
     by_ids: String,
@@ -164,6 +181,8 @@ struct Sql {
     versions: String,
     lock_stream: String,
     ensure_stream: String,
+    /// A fence at the stream's version (if it has none yet), returning that version.
+    fence: String,
     change_stream: String,
     head: String,
     head_below: String,
@@ -180,94 +199,114 @@ impl Sql {
             "SELECT position, stream_id, revision, event_id, event_type, schema_version, \
              content_type, data::text, data_bytes, metadata::text, recorded_at FROM {s}.events"
         );
-        // One write in plain SQL (no function call). Expectations a new stream satisfies (any,
-        // no stream, exactly 0) upsert the stream's row: a new row, or the existing one moved
-        // on if active and at the expected version. The others (stream exists, exactly n > 0)
-        // only update an existing active row at the expected version. The events are inserted
-        // only if the row moved. No row back means: decide again with the append function.
-        // Positions are `xid << 20` + index, as the function makes them (an autocommit statement
-        // is its own transaction, so no earlier append shares the xid); past 2^43 the version
-        // is NULL or the row is left alone, and the function raises the error.
-        let xid_ok = "pg_current_xact_id()::text::bigint < (1::bigint << 43)";
-        let upsert = format!(
-            "WITH up AS (
-                INSERT INTO {s}.streams AS st (stream_id, version)
-                VALUES ($1, CASE WHEN {xid_ok} THEN $4::bigint END)
-                ON CONFLICT (stream_id) DO UPDATE SET version = st.version + $4::bigint
-                    WHERE st.status = 0 AND {xid_ok}
-                      AND CASE $2::integer WHEN 0 THEN true ELSE st.version = $3::bigint END
-                RETURNING st.version - $4::bigint AS cur
-            )"
-        );
-        let update = format!(
-            "WITH up AS (
-                UPDATE {s}.streams AS st SET version = st.version + $4::bigint
-                WHERE st.stream_id = $1 AND st.status = 0 AND {xid_ok}
-                  AND CASE $2::integer WHEN 2 THEN st.version > 0
-                                      ELSE st.version = $3::bigint END
-                RETURNING st.version - $4::bigint AS cur
-            )"
-        );
+        // One write in one plain INSERT (no function call): the unique (stream_id, revision)
+        // key decides between racing appends, and a fence (see the schema) at the version of a
+        // deleted or tombstoned stream stops any append there. Three shapes, by what the
+        // client knows of the stream: its version (`known`: nothing but the INSERT), an
+        // expected version n > 0 (`exact`: revision n - 1 must be an event), or nothing
+        // (`computed`: the revision after the last event; kind 2, stream exists, needs one).
+        // No row back, or the key taken, means: decide again with the append function.
+        // Positions are `xid << 20` + index, as the function makes them (an autocommit
+        // statement is its own transaction, so no earlier append shares the xid); past 2^43
+        // the position is NULL, and the function raises the error.
+        let position = "CASE WHEN pg_current_xact_id()::text::bigint < (1::bigint << 43) \
+                        THEN pg_current_xact_id()::text::bigint << 20 END";
         let columns = "position, stream_id, revision, event_id, event_type, schema_version, \
                        content_type, data, data_bytes, metadata";
-        let one = |cte: &str| {
+        let previous = format!(
+            "EXISTS (SELECT 1 FROM {s}.events WHERE stream_id = $1 \
+             AND revision = $2::bigint - 1 AND position > 0)"
+        );
+        let last = format!(
+            "(SELECT max(revision) AS top FROM {s}.events WHERE stream_id = $1 \
+             AND position > 0) m"
+        );
+        let computed_ok = "($2::integer <> 2 OR m.top IS NOT NULL)";
+        let one = |from: &str, revision: &str, condition: &str| {
             format!(
-                "{cte} INSERT INTO {s}.events ({columns}) \
-                 SELECT pg_current_xact_id()::text::bigint << 20, $1, up.cur, $5, $6, $7, $8, \
-                        $9::text::jsonb, $10, $11::text::jsonb FROM up \
+                "INSERT INTO {s}.events ({columns}) \
+                 SELECT {position}, $1, {revision}, $3, $4, $5, $6, $7::text::jsonb, $8, \
+                        $9::text::jsonb{from}{condition} \
                  RETURNING revision, position"
             )
         };
-        let batch = |cte: &str| {
+        let batch = |from: &str, revision: &str, condition: &str| {
             format!(
-                "{cte}, ins AS (INSERT INTO {s}.events ({columns}) \
-                 SELECT (pg_current_xact_id()::text::bigint << 20) + e.ord - 1, $1, \
-                        up.cur + e.ord - 1, e.id, e.ty, e.ver, e.ct, e.js, e.bs, e.md \
-                 FROM up, unnest($5::uuid[], $6::text[], $7::integer[], $8::text[], \
-                                 $9::text[]::jsonb[], $10::bytea[], $11::text[]::jsonb[]) \
-                      WITH ORDINALITY AS e(id, ty, ver, ct, js, bs, md, ord)) \
-                 SELECT up.cur, pg_current_xact_id()::text::bigint << 20 FROM up"
+                "INSERT INTO {s}.events ({columns}) \
+                 SELECT {position} + e.ord - 1, $1, {revision} + e.ord - 1, e.id, e.ty, e.ver, \
+                        e.ct, e.js, e.bs, e.md \
+                 FROM {from}unnest($3::uuid[], $4::text[], $5::integer[], $6::text[], \
+                             $7::text[]::jsonb[], $8::bytea[], $9::text[]::jsonb[]) \
+                      WITH ORDINALITY AS e(id, ty, ver, ct, js, bs, md, ord){condition} \
+                 RETURNING revision, position"
             )
         };
+        let known_one = format!(
+            "INSERT INTO {s}.events ({columns}) \
+             VALUES ({position}, $1, $2, $3, $4, $5, $6, $7::text::jsonb, $8, $9::text::jsonb) \
+             RETURNING revision, position"
+        );
         Sql {
-            append_one: [one(&upsert), one(&update)],
-            append_batch: [batch(&upsert), batch(&update)],
+            append_one: [
+                known_one,
+                one("", "$2::bigint", &format!(" WHERE {previous}")),
+                one(
+                    &format!(" FROM {last}"),
+                    "coalesce(m.top + 1, 0)",
+                    &format!(" WHERE {computed_ok}"),
+                ),
+            ],
+            append_batch: [
+                batch("", "$2::bigint", ""),
+                batch("", "$2::bigint", &format!(" WHERE {previous}")),
+                batch(
+                    &format!("{last}, "),
+                    "coalesce(m.top + 1, 0)",
+                    &format!(" WHERE {computed_ok}"),
+                ),
+            ],
             append: format!(
                 "SELECT base, firsts FROM {s}.append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
                  $11::text[]::jsonb[], $12, $13::text[]::jsonb[])"
             ),
-            by_id: format!("{select} WHERE event_id = $1"),
-            by_ids: format!("{select} WHERE event_id = ANY($1)"),
+            by_id: format!("{select} WHERE event_id = $1 AND position > 0"),
+            by_ids: format!("{select} WHERE event_id = ANY($1) AND position > 0"),
             version: format!(
-                "SELECT version, start, readable_from, status FROM {s}.streams \
-                 WHERE stream_id = $1"
+                "SELECT coalesce((SELECT max(e.revision) + 1 FROM {s}.events e \
+                 WHERE e.stream_id = $1 AND e.position > 0), 0), \
+                 coalesce(r.start, 0), coalesce(r.readable_from, 0), coalesce(r.status, 0::smallint) \
+                 FROM (SELECT $1::text AS name) n LEFT JOIN {s}.streams r ON r.stream_id = n.name"
             ),
             versions: format!(
-                "SELECT version, start, readable_from, status, stream_id FROM {s}.streams \
-                 WHERE stream_id = ANY($1)"
+                "SELECT coalesce((SELECT max(e.revision) + 1 FROM {s}.events e \
+                 WHERE e.stream_id = n.name AND e.position > 0), 0), \
+                 coalesce(r.start, 0), coalesce(r.readable_from, 0), coalesce(r.status, 0::smallint), \
+                 n.name FROM unnest($1::text[]) AS n(name) \
+                 LEFT JOIN {s}.streams r ON r.stream_id = n.name"
             ),
-            lock_stream: format!(
-                "SELECT version, start, readable_from, status FROM {s}.streams \
-                 WHERE stream_id = $1 FOR UPDATE"
-            ),
+            lock_stream: format!("SELECT 1 FROM {s}.streams WHERE stream_id = $1 FOR UPDATE"),
             ensure_stream: format!(
-                "INSERT INTO {s}.streams (stream_id, version) VALUES ($1, 0) \
+                "INSERT INTO {s}.streams (stream_id) VALUES ($1) \
                  ON CONFLICT (stream_id) DO NOTHING"
             ),
+            fence: format!("SELECT {s}.fence($1)"),
             change_stream: format!(
                 "UPDATE {s}.streams SET start = $2, readable_from = $3, status = $4 \
                  WHERE stream_id = $1"
             ),
             head: format!(
-                "SELECT coalesce(max(position), 0) FROM {s}.events WHERE position < \
+                "SELECT coalesce(max(position), 0) FROM {s}.events WHERE position > 0 AND position < \
                  (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)"
             ),
             head_below: format!(
-                "SELECT coalesce(max(position), 0) FROM {s}.events WHERE position < $1"
+                "SELECT coalesce(max(position), 0) FROM {s}.events WHERE position > 0 AND position < $1"
             ),
             bound: "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20",
-            committed: format!("SELECT coalesce(max(position), 0) FROM {s}.events"),
-            // Revisions hidden by a lifecycle change are below the stream's `readable_from`.
+            committed: format!(
+                "SELECT coalesce(max(position), 0) FROM {s}.events WHERE position > 0"
+            ),
+            // Revisions hidden by a lifecycle change are below the stream's `readable_from`; fences
+            // (negative positions) are not events.
             // A stream's revisions are dense (0, 1, 2, … whatever its lifecycle), so a page of
             // n events from revision r is exactly the range [r, r + n) (backwards: (t - n, t]
             // with t the lower of r and the stream's last revision).
@@ -279,16 +318,16 @@ impl Sql {
                  (SELECT readable_from FROM {s}.streams WHERE stream_id = $1), 0)) \
                  AND revision < GREATEST($2, coalesce(\
                  (SELECT readable_from FROM {s}.streams WHERE stream_id = $1), 0)) + $3 \
-                 ORDER BY revision LIMIT $3"
+                 AND position > 0 ORDER BY revision LIMIT $3"
             ),
             stream_backward: format!(
                 "{select} WHERE stream_id = $1 AND revision >= coalesce(\
                  (SELECT readable_from FROM {s}.streams WHERE stream_id = $1), 0) \
-                 AND revision <= LEAST($2, \
-                 (SELECT version FROM {s}.streams WHERE stream_id = $1) - 1) \
-                 AND revision > LEAST($2, \
-                 (SELECT version FROM {s}.streams WHERE stream_id = $1) - 1) - $3 \
-                 ORDER BY revision DESC LIMIT $3"
+                 AND revision <= LEAST($2, (SELECT max(revision) FROM {s}.events \
+                 WHERE stream_id = $1 AND position > 0)) \
+                 AND revision > LEAST($2, (SELECT max(revision) FROM {s}.events \
+                 WHERE stream_id = $1 AND position > 0)) - $3 \
+                 AND position > 0 ORDER BY revision DESC LIMIT $3"
             ),
             select,
         }
@@ -303,8 +342,9 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     StoreError::backend("no PostgreSQL connection", e)
 }
 
-/// A stream's record from the first four columns of a stream row (`version`, `start`,
-/// `readable_from`, `status`); a row without events or lifecycle is no record.
+/// A stream's record from the first four columns of the `version` query (the version from the
+/// log, then `start`, `readable_from` and `status` from the lifecycle record, 0 without one); a
+/// stream without events or lifecycle is no record.
 fn decode_info(row: &Row) -> Result<Option<StreamInfo>, StoreError> {
     let number = |i: usize, what: &str| {
         let v: i64 = row.get(i);
@@ -501,6 +541,34 @@ enum Guard {
     Savepoint,
 }
 
+/// Which one-statement append a write takes, by what this process knows of its stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// The revision is known: the stream's remembered version for `Any`, `StreamExists` (a
+    /// version above 0) or the same `Exact` one; 0 for `NoStream` and `Exact(0)`. The INSERT
+    /// alone: a revision taken meanwhile, or a fence, refuses it on the key.
+    Known(u64),
+    /// `Exact(n)`, n > 0, not the remembered version: revision n - 1 must be an event.
+    Exact(u64),
+    /// Nothing remembered: the revision after the stream's last event (which must exist for
+    /// `StreamExists`).
+    Computed { must_exist: bool },
+}
+
+impl Shape {
+    fn of(expected: ExpectedVersion, remembered: Option<u64>) -> Self {
+        match (expected, remembered) {
+            (ExpectedVersion::NoStream | ExpectedVersion::Exact(0), _) => Shape::Known(0),
+            (ExpectedVersion::Any, Some(v)) => Shape::Known(v),
+            (ExpectedVersion::StreamExists, Some(v)) if v > 0 => Shape::Known(v),
+            (ExpectedVersion::Exact(n), Some(v)) if n == v => Shape::Known(n),
+            (ExpectedVersion::Exact(n), _) => Shape::Exact(n),
+            (ExpectedVersion::Any, None) => Shape::Computed { must_exist: false },
+            (ExpectedVersion::StreamExists, _) => Shape::Computed { must_exist: true },
+        }
+    }
+}
+
 /// Why the append function did not append.
 enum CallError {
     /// Write `index` (0-based) found the stream at `actual`.
@@ -512,6 +580,8 @@ enum CallError {
     DuplicateId,
     /// The plain-SQL path did not append: decide with the append function.
     Recheck,
+    /// The append function lost a revision to a concurrent append: decide again.
+    Raced,
     /// Write `index` (0-based) is to a tombstoned stream.
     Tombstoned {
         index: usize,
@@ -592,6 +662,7 @@ impl PostgresStore {
                 listener,
                 notifier,
                 poll_interval: options.poll_interval,
+                versions: std::sync::Mutex::new(HashMap::new()),
                 one_statement: std::sync::atomic::AtomicU64::new(0),
                 by_function: std::sync::atomic::AtomicU64::new(0),
             }),
@@ -770,6 +841,9 @@ impl PostgresStore {
 
     /// Drops the schema and everything in it. For tests and tear-down.
     pub async fn drop_schema(&self) -> Result<(), StoreError> {
+        if let Ok(mut versions) = self.shared.versions.lock() {
+            versions.clear();
+        }
         let client = self.shared.pool.get().await.map_err(pool_error)?;
         client
             .batch_execute(&format!(
@@ -818,36 +892,37 @@ impl PostgresStore {
         result
     }
 
-    /// One write with events in one plain-SQL statement (outside a caller's transaction).
-    /// `Recheck` when it did not append (an expectation, a soft-deleted or tombstoned stream,
-    /// a new stream the expectation refuses): the append function then decides.
+    /// One write with events in one plain INSERT (outside a caller's transaction). `Recheck`
+    /// when it did not append (an expectation, a revision taken meanwhile, a fence of a
+    /// deleted or tombstoned stream): the append function then decides.
     async fn call_one(
         &self,
         client: &impl GenericClient,
         write: &StreamWrite,
     ) -> Result<AppendResult, CallError> {
-        let (kind, version) = expectation_params(write.expected);
-        let kind = i32::from(kind);
         let count = write.events.len() as u64;
-        let n = to_i64(count);
         let sql = &self.shared.sql;
-        // Which statement: one that may create the stream, or one that needs it.
-        let variant = match write.expected {
-            ExpectedVersion::Any | ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => 0,
-            ExpectedVersion::StreamExists | ExpectedVersion::Exact(_) => 1,
+        let shape = Shape::of(write.expected, self.cached_version(&write.stream));
+        // Parameter 2: the revision (known, exact) or the expectation's kind (computed).
+        let (index, revision, kind) = match shape {
+            Shape::Known(v) => (0, to_i64(v), 0),
+            Shape::Exact(v) => (1, to_i64(v), 0),
+            Shape::Computed { must_exist } => (2, 0, if must_exist { 2 } else { 0 }),
         };
-        // Parameters 5 to 11: the event's columns (one event), or arrays of them.
+        let second: &(dyn tokio_postgres::types::ToSql + Sync) =
+            if index == 2 { &kind } else { &revision };
+        // Parameters 3 to 9: the event's columns (one event), or arrays of them.
         let columns = EventColumns::new(write.events.iter(), write.events.len());
-        let common: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-            [&write.stream.as_str(), &kind, &version, &n];
+        let common: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+            [&write.stream.as_str(), second];
         let (statement, params) = if count == 1 {
             (
-                &sql.append_one[variant],
+                &sql.append_one[index],
                 [&common[..], &columns.row(0)[..]].concat(),
             )
         } else {
             (
-                &sql.append_batch[variant],
+                &sql.append_batch[index],
                 [&common[..], &columns.arrays()[..]].concat(),
             )
         };
@@ -855,13 +930,25 @@ impl PostgresStore {
             .prepare_cached(statement)
             .await
             .map_err(|e| CallError::Store(pg_error(e)))?;
-        let result = client.query_opt(&statement, &params).await;
-        let row = match result {
-            Ok(Some(row)) => row,
-            Ok(None) => return Err(CallError::Recheck),
-            Err(e) => return Err(classify_error(e)),
+        let rows = match client.query(&statement, &params).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                let e = classify_error(e);
+                if matches!(e, CallError::Raced) && shape != Shape::Known(0) {
+                    self.contended(&write.stream);
+                }
+                return Err(e);
+            }
         };
-        let (first, base): (i64, i64) = (row.get(0), row.get(1));
+        if rows.len() as u64 != count {
+            return Err(CallError::Recheck);
+        }
+        let mut first = i64::MAX;
+        let mut base = i64::MAX;
+        for row in &rows {
+            first = first.min(row.get(0));
+            base = base.min(row.get(1));
+        }
         let first =
             u64::try_from(first).map_err(|_| CallError::Store(corrupt("revision", first)))?;
         let base = u64::try_from(base).map_err(|_| CallError::Store(corrupt("position", base)))?;
@@ -874,6 +961,57 @@ impl PostgresStore {
                 last_position: Some(Position(base + count - 1)),
             }],
         })
+    }
+
+    /// The version this process last saw `stream` reach (a lower bound of its version:
+    /// revisions are never removed), if it remembers one.
+    fn cached_version(&self, stream: &StreamId) -> Option<u64> {
+        self.shared
+            .versions
+            .lock()
+            .ok()
+            .and_then(|v| v.get(stream.as_str()).copied().flatten())
+    }
+
+    /// Marks `stream` contended: other processes (or tasks) append to it too, so the version
+    /// this one remembers is likely stale, and appending at it would cost a refused INSERT.
+    fn contended(&self, stream: &StreamId) {
+        if let Ok(mut versions) = self.shared.versions.lock() {
+            versions.insert(stream.as_str().to_owned(), None);
+        }
+    }
+
+    /// Remembers the versions an append reached, or forgets the streams of one that failed.
+    fn remember(&self, streams: &[StreamId], result: Option<&AppendResult>) {
+        let Ok(mut versions) = self.shared.versions.lock() else {
+            return;
+        };
+        match result {
+            Some(result) => {
+                if versions.len() + result.streams.len() > MAX_CACHED_VERSIONS {
+                    versions.clear();
+                }
+                for appended in &result.streams {
+                    if appended.version > 0 {
+                        versions
+                            .entry(appended.stream.as_str().to_owned())
+                            .and_modify(|v| {
+                                if v.is_some() {
+                                    *v = Some(appended.version);
+                                }
+                            })
+                            .or_insert(Some(appended.version));
+                    }
+                }
+            }
+            None => {
+                for stream in streams {
+                    if let Some(Some(_)) = versions.get(stream.as_str()) {
+                        versions.remove(stream.as_str());
+                    }
+                }
+            }
+        }
     }
 
     async fn call(
@@ -959,7 +1097,7 @@ impl PostgresStore {
             _ => Err(CallError::Recheck),
         };
         let first = match first {
-            Err(CallError::Recheck) => {
+            Err(CallError::Recheck | CallError::Raced) => {
                 self.shared.by_function.fetch_add(1, Ordering::Relaxed);
                 self.guarded_call(client, &all, guard).await
             }
@@ -977,6 +1115,7 @@ impl PostgresStore {
                 CallError::Conflict { .. }
                 | CallError::DuplicateId
                 | CallError::Recheck
+                | CallError::Raced
                 | CallError::Tombstoned { .. },
             ) => {}
         }
@@ -984,7 +1123,8 @@ impl PostgresStore {
         // may be a repeat or a reuse. Decide every write in request order as the port says (ids
         // first, then the expectation), with the stored events and current versions in hand.
         let mut last_conflict = None;
-        for _ in 0..MAX_APPEND_ATTEMPTS {
+        let (mut id_races, mut revision_races) = (0, 0);
+        while id_races < MAX_APPEND_ATTEMPTS && revision_races < MAX_REVISION_RACES {
             let ids: Vec<uuid::Uuid> = writes
                 .iter()
                 .flat_map(|w| w.events.iter().map(|e| *e.id.as_uuid()))
@@ -1060,8 +1200,11 @@ impl PostgresStore {
                         expected: write.expected,
                         actual: (actual > 0).then_some(actual),
                     });
+                    id_races += 1;
                 }
-                Err(CallError::DuplicateId | CallError::Recheck) => {}
+                Err(CallError::DuplicateId | CallError::Recheck) => id_races += 1,
+                // Someone else's append went through: the next round sees it.
+                Err(CallError::Raced) => revision_races += 1,
                 Err(CallError::Tombstoned { index }) => {
                     let write = new.get(index).ok_or_else(|| corrupt("tombstone", index))?;
                     return Err(StoreError::StreamTombstoned {
@@ -1074,8 +1217,13 @@ impl PostgresStore {
         if let Some(conflict) = last_conflict {
             return Err(conflict);
         }
+        let message = if revision_races >= MAX_REVISION_RACES {
+            "concurrent appends kept taking the same revisions"
+        } else {
+            "concurrent appends kept racing on the same event ids"
+        };
         Err(StoreError::Backend {
-            message: "concurrent appends kept racing on the same event ids".to_owned(),
+            message: message.to_owned(),
             source: None,
         })
     }
@@ -1189,7 +1337,8 @@ impl PostgresStore {
             let (condition, param): (&str, &(dyn tokio_postgres::types::ToSql + Sync)) =
                 match direction {
                     Direction::Forward => ("position >= $1", &low),
-                    Direction::Backward => ("position <= $1", &high),
+                    // Fences have negative positions: not events.
+                    Direction::Backward => ("position <= $1 AND position > 0", &high),
                 };
             let sql = format!(
                 "{} WHERE {condition} ORDER BY position{order} LIMIT $2",
@@ -1250,11 +1399,17 @@ fn classify_error(e: tokio_postgres::Error) -> CallError {
                 index: i.saturating_sub(1),
             };
         }
-        // The plain-SQL path proposes a NULL version past the position range (see `Sql`).
+        // The plain-SQL path proposes a NULL position past the position range (see `Sql`).
         if db.code() == &tokio_postgres::error::SqlState::NOT_NULL_VIOLATION
-            && db.column() == Some("version")
+            && db.column() == Some("position")
         {
             return CallError::Recheck;
+        }
+        // A revision taken by a concurrent append, or a fence: decide again.
+        if db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+            && db.constraint() == Some("events_stream_revision")
+        {
+            return CallError::Raced;
         }
         if db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION
             && db.constraint() == Some("events_event_id")
@@ -1334,7 +1489,12 @@ impl EventStore for PostgresStore {
     async fn append(&self, writes: Vec<StreamWrite>) -> Result<AppendResult, StoreError> {
         validate_append(&writes)?;
         let client = self.client().await?;
-        let result = self.append_on(&client, writes, Guard::None).await?;
+        // Only committed appends are remembered (an append in a caller's transaction may
+        // still roll back), and a failed one forgets its streams.
+        let streams: Vec<StreamId> = writes.iter().map(|w| w.stream.clone()).collect();
+        let outcome = self.append_on(&client, writes, Guard::None).await;
+        self.remember(&streams, outcome.as_ref().ok());
+        let result = outcome?;
         self.announce();
         Ok(result)
     }
@@ -1365,16 +1525,33 @@ impl EventStore for PostgresStore {
         stream: &StreamId,
         change: StreamChange,
     ) -> Result<Option<StreamInfo>, StoreError> {
+        if let Ok(mut versions) = self.shared.versions.lock() {
+            versions.remove(stream.as_str());
+        }
         let mut client = self.client().await?;
         let sql = &self.shared.sql;
         let tx = client.transaction().await.map_err(pg_error)?;
-        // A row to lock even for a name without events, so the decision cannot race an
-        // append creating the stream.
+        // A row to lock even for a name without events, so that changes (and the append
+        // function) take turns; one-statement appends do not lock it, and meet the fence.
         tx.execute(&sql.ensure_stream, &[&stream.as_str()])
             .await
             .map_err(pg_error)?;
+        tx.execute(&sql.lock_stream, &[&stream.as_str()])
+            .await
+            .map_err(pg_error)?;
+        if matches!(
+            change,
+            StreamChange::Delete { .. } | StreamChange::Tombstone { .. }
+        ) {
+            // Fenced first, so the version cannot move while the change is decided; a change
+            // that is refused or changes nothing rolls the fence back.
+            tx.execute(&sql.fence, &[&stream.as_str()])
+                .await
+                .map_err(pg_error)?;
+        }
+        // After the lock and the fence: this sees every append and change before them.
         let row = tx
-            .query_one(&sql.lock_stream, &[&stream.as_str()])
+            .query_one(&sql.version, &[&stream.as_str()])
             .await
             .map_err(pg_error)?;
         let current = decode_info(&row)?;
@@ -1508,7 +1685,7 @@ impl EventStore for PostgresStore {
                     None
                 } else {
                     let sql = format!(
-                        "SELECT position FROM {s}.events WHERE position <= $1 \
+                        "SELECT position FROM {s}.events WHERE position <= $1 AND position > 0 \
                          ORDER BY position DESC OFFSET $2 LIMIT 1"
                     );
                     self.scan_window(&sql, &[&to_i64(top), &scan]).await?

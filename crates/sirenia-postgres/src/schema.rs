@@ -222,6 +222,124 @@ BEGIN
 END
 $fn$;
 "#,
+    // 4: expected versions decided by the log itself. A stream's version is the revision after
+    // its last event, and the unique (stream_id, revision) key is what makes two appends of
+    // the same revision meet, so a single-stream append is one plain INSERT: the stream rows
+    // keep only lifecycle records, and no longer move with every append. What keeps appends
+    // out of a deleted or tombstoned stream is a fence: a row in the stream's revision space
+    // at its version, with a negative position (every read of the log reads positions from 1,
+    // so no reader ever sees one). An append of that revision meets the fence on the key and
+    // is decided again by the append function, which honours the lifecycle (and, when it
+    // recreates a soft-deleted stream, replaces the fence by the first new event).
+    r#"
+CREATE SEQUENCE {s}.fence_positions;
+INSERT INTO {s}.events (position, stream_id, revision, event_id, event_type, schema_version,
+                        content_type, data_bytes)
+SELECT -nextval('{s}.fence_positions'), stream_id, version, gen_random_uuid(), '$fence', 0,
+       'application/x-sirenia-fence', '\x'::bytea
+FROM {s}.streams WHERE status <> 0;
+ALTER TABLE {s}.streams DROP COLUMN version;
+-- Puts a fence at the stream's version and returns that version (or the version of the fence
+-- already there). An append that takes the revision first sends it round again; the loop is
+-- here, in the server, so that it keeps up with appends that never stop.
+CREATE FUNCTION {s}.fence(p_stream text) RETURNS bigint
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    v     bigint;
+    tries integer := 0;
+BEGIN
+    LOOP
+        SELECT e.revision INTO v FROM {s}.events e
+            WHERE e.stream_id = p_stream AND e.position < 0;
+        IF FOUND THEN
+            RETURN v;
+        END IF;
+        SELECT coalesce(max(e.revision) + 1, 0) INTO v FROM {s}.events e
+            WHERE e.stream_id = p_stream AND e.position > 0;
+        BEGIN
+            INSERT INTO {s}.events (position, stream_id, revision, event_id, event_type,
+                                    schema_version, content_type, data_bytes)
+            VALUES (-nextval('{s}.fence_positions'), p_stream, v, gen_random_uuid(), '$fence',
+                    0, 'application/x-sirenia-fence', '\x'::bytea);
+            RETURN v;
+        EXCEPTION WHEN unique_violation THEN
+            tries := tries + 1;
+            IF tries >= 10000 THEN
+                RAISE EXCEPTION 'sirenia: appends kept taking the revision a fence was to hold';
+            END IF;
+        END;
+    END LOOP;
+END
+$fn$;
+CREATE OR REPLACE FUNCTION {s}.append(
+    p_streams text[], p_kinds smallint[], p_expected bigint[], p_counts bigint[],
+    p_write integer[], p_index bigint[],
+    p_ids uuid[], p_types text[], p_versions integer[], p_content_types text[],
+    p_json jsonb[], p_bytes bytea[], p_metadata jsonb[],
+    OUT base bigint, OUT firsts bigint[])
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    n   integer := coalesce(array_length(p_streams, 1), 0);
+    i   integer;
+    cur bigint;
+    vis bigint;
+    st  smallint;
+    ok  boolean;
+    xid bigint := pg_current_xact_id()::text::bigint;
+BEGIN
+    IF xid >= (1::bigint << 43) THEN
+        RAISE EXCEPTION 'transaction id % is beyond what positions can encode', xid;
+    END IF;
+    -- After whatever this transaction appended already (several appends may share it).
+    SELECT coalesce(max(e.position) + 1, xid << 20) INTO base FROM {s}.events e
+        WHERE e.position >= (xid << 20) AND e.position < ((xid + 1) << 20);
+    IF base + coalesce(array_length(p_ids, 1), 0) > ((xid + 1) << 20) THEN
+        RAISE EXCEPTION 'one transaction cannot append more than 2^20 events';
+    END IF;
+    firsts := array_fill(0::bigint, ARRAY[n]);
+    FOR i IN SELECT t.ord FROM unnest(p_streams) WITH ORDINALITY AS t(name, ord) ORDER BY t.name LOOP
+        -- The lifecycle record, locked against a concurrent change (no record: active). The
+        -- statements after the lock see what the change committed.
+        st := NULL;
+        SELECT r.status INTO st FROM {s}.streams r WHERE r.stream_id = p_streams[i] FOR UPDATE;
+        st := coalesce(st, 0);
+        SELECT coalesce(max(e.revision) + 1, 0) INTO cur FROM {s}.events e
+            WHERE e.stream_id = p_streams[i] AND e.position > 0;
+        -- Status 2: tombstoned, closed for good. Status 1: soft-deleted, so expectations see
+        -- no stream, and events recreate it (revisions go on from cur).
+        IF st = 2 THEN
+            RAISE EXCEPTION USING ERRCODE = 'SR002', MESSAGE = 'sirenia: stream tombstoned',
+                DETAIL = i::text;
+        END IF;
+        vis := CASE WHEN st = 1 THEN 0 ELSE cur END;
+        ok := CASE p_kinds[i]
+            WHEN 0 THEN true
+            WHEN 1 THEN vis = 0
+            WHEN 2 THEN vis > 0
+            ELSE vis = p_expected[i]
+        END;
+        IF NOT ok THEN
+            RAISE EXCEPTION USING ERRCODE = 'SR001', MESSAGE = 'sirenia: expected version',
+                DETAIL = i::text || ':' || vis::text;
+        END IF;
+        IF st = 1 AND p_counts[i] > 0 THEN
+            DELETE FROM {s}.events WHERE stream_id = p_streams[i] AND revision = cur
+                AND position < 0;
+            UPDATE {s}.streams SET status = 0 WHERE stream_id = p_streams[i];
+        END IF;
+        firsts[i] := cur;
+    END LOOP;
+    -- p_write[k] is the write of event k, p_index[k] its index within that write. A revision
+    -- taken meanwhile by a plain-INSERT append raises a unique violation: decided again.
+    INSERT INTO {s}.events (position, stream_id, revision, event_id, event_type, schema_version,
+                            content_type, data, data_bytes, metadata)
+    SELECT base + e.ord - 1, p_streams[e.w], firsts[e.w] + e.ix, e.id, e.ty, e.ver, e.ct,
+           e.js, e.bs, e.md
+    FROM unnest(p_write, p_index, p_ids, p_types, p_versions, p_content_types, p_json, p_bytes,
+                p_metadata) WITH ORDINALITY AS e(w, ix, id, ty, ver, ct, js, bs, md, ord);
+END
+$fn$;
+"#,
 ];
 
 /// The schema version this build writes.
@@ -234,6 +352,15 @@ pub(crate) const SCHEMA_VERSION: i32 = {
 /// Creates `schema` if needed and brings it to [`SCHEMA_VERSION`], holding an advisory lock so
 /// that concurrent starts migrate once. A schema from a newer Sirenia is refused.
 pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<(), StoreError> {
+    migrate_to(client, schema, SCHEMA_VERSION).await
+}
+
+/// [`migrate`], stopping at version `target` (tests start from older schemas).
+async fn migrate_to(client: &mut Client, schema: &str, target: i32) -> Result<(), StoreError> {
+    assert!(
+        (1..=SCHEMA_VERSION).contains(&target),
+        "no schema version {target}"
+    );
     let quoted = quote(schema);
     let tx = client.transaction().await.map_err(pg_error)?;
     tx.execute(
@@ -262,17 +389,21 @@ pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<(), Sto
             ),
         });
     }
-    for migration in &MIGRATIONS[usize::try_from(found).unwrap_or(0)..] {
+    let (from, to) = (
+        usize::try_from(found).unwrap_or(0),
+        usize::try_from(target).unwrap_or(0),
+    );
+    for migration in MIGRATIONS.get(from..to).unwrap_or_default() {
         let sql = migration.replace("{s}", &quoted);
         tx.batch_execute(&sql).await.map_err(pg_error)?;
     }
-    if found != SCHEMA_VERSION {
+    if found < target {
         tx.execute(&format!("DELETE FROM {quoted}.sirenia_schema"), &[])
             .await
             .map_err(pg_error)?;
         tx.execute(
             &format!("INSERT INTO {quoted}.sirenia_schema (version) VALUES ($1)"),
-            &[&SCHEMA_VERSION],
+            &[&target],
         )
         .await
         .map_err(pg_error)?;
@@ -283,4 +414,95 @@ pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<(), Sto
 /// `name` as a quoted SQL identifier (names are validated to `[a-z0-9_]` before).
 pub(crate) fn quote(name: &str) -> String {
     format!("\"{name}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use sirenia_core::{EventStore, ExpectedVersion, NewEvent, StoreError, StreamId, StreamWrite};
+
+    use super::*;
+    use crate::{PostgresOptions, PostgresStore};
+
+    /// A schema written by version 3 (stream rows carrying versions) with an active, a
+    /// soft-deleted and a tombstoned stream: version 4 fences the two closed ones, and the
+    /// store goes on as their records say.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn version_4_fences_the_streams_version_3_closed() {
+        let url = sirenia_testkit::postgres::url();
+        let schema = sirenia_testkit::postgres::fresh_schema("sirenia_m");
+        let _drop = sirenia_testkit::postgres::DropSchema(schema.clone());
+        let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {url} is needed by this test: {e}"));
+        tokio::spawn(connection);
+        migrate_to(&mut client, &schema, 3).await.unwrap();
+        let s = quote(&schema);
+        for (stream, events) in [("open-1", 2), ("deleted-1", 3), ("closed-1", 1)] {
+            for _ in 0..events {
+                client
+                    .execute(
+                        &format!(
+                            "SELECT {s}.append(ARRAY[$1], ARRAY[0::smallint], ARRAY[0::bigint], \
+                             ARRAY[1::bigint], ARRAY[1], ARRAY[0::bigint], \
+                             ARRAY[gen_random_uuid()], ARRAY['E'], ARRAY[1], \
+                             ARRAY['application/json'], ARRAY['{{}}'::jsonb], \
+                             ARRAY[NULL::bytea], ARRAY[NULL::jsonb])"
+                        ),
+                        &[&stream],
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        client
+            .batch_execute(&format!(
+                "UPDATE {s}.streams SET start = version, readable_from = version, status = 1 \
+                 WHERE stream_id = 'deleted-1';
+                 UPDATE {s}.streams SET start = version, readable_from = version, status = 2 \
+                 WHERE stream_id = 'closed-1';"
+            ))
+            .await
+            .unwrap();
+        let options = PostgresOptions {
+            schema: schema.clone(),
+            pool_size: 2,
+            ..PostgresOptions::default()
+        };
+        let store = PostgresStore::connect_with(&url, options).await.unwrap();
+        let fences: Vec<(String, i64)> = client
+            .query(
+                &format!(
+                    "SELECT stream_id, revision FROM {s}.events WHERE position < 0 \
+                     ORDER BY stream_id"
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(
+            fences,
+            vec![("closed-1".to_owned(), 1), ("deleted-1".to_owned(), 3)]
+        );
+        let one = |name: &str| {
+            vec![StreamWrite::new(
+                StreamId::new(name).unwrap(),
+                ExpectedVersion::Any,
+                vec![NewEvent::json("E", &serde_json::json!({}))],
+            )]
+        };
+        let open = store.append(one("open-1")).await.unwrap();
+        assert_eq!(open.streams[0].first_revision, 2);
+        let recreated = store.append(one("deleted-1")).await.unwrap();
+        assert_eq!(recreated.streams[0].first_revision, 3, "revisions go on");
+        let closed = store.append(one("closed-1")).await;
+        assert!(
+            matches!(closed, Err(StoreError::StreamTombstoned { .. })),
+            "{closed:?}"
+        );
+    }
 }

@@ -695,3 +695,266 @@ async fn an_append_through_another_pool_wakes_a_live_wait() {
         .unwrap();
     assert_eq!(seen, 1);
 }
+
+fn one_event() -> Vec<NewEvent> {
+    vec![NewEvent::json("E", &json!({}))]
+}
+
+/// A second store (pool) on the schema of `first`, as another process would have.
+async fn another_pool(first: &PostgresStore) -> PostgresStore {
+    let options = PostgresOptions {
+        schema: first.schema().to_owned(),
+        pool_size: 4,
+        ..PostgresOptions::default()
+    };
+    PostgresStore::connect_with(&common::url(), options)
+        .await
+        .unwrap()
+}
+
+/// What the tables hold for `stream`: its events' revisions are 0, 1, … with no gap, and it has
+/// a fence (at its version) exactly when it is deleted or tombstoned. Returns the version and
+/// the lifecycle status.
+async fn assert_fenced_as_its_status(schema: &str, stream: &str) -> (i64, i16) {
+    let (client, connection) = tokio_postgres::connect(&common::url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT count(*), coalesce(max(revision) + 1, 0), \
+                 coalesce((SELECT status FROM \"{schema}\".streams WHERE stream_id = $1), 0)::smallint \
+                 FROM \"{schema}\".events WHERE stream_id = $1 AND position > 0"
+            ),
+            &[&stream],
+        )
+        .await
+        .unwrap();
+    let (count, version, status): (i64, i64, i16) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(count, version, "{stream}: revisions without a gap");
+    let fences: Vec<i64> = client
+        .query(
+            &format!(
+                "SELECT revision FROM \"{schema}\".events WHERE stream_id = $1 AND position < 0"
+            ),
+            &[&stream],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if status == 0 {
+        assert!(fences.is_empty(), "{stream}: an active stream has no fence");
+    } else {
+        assert_eq!(fences, vec![version], "{stream}: one fence, at the version");
+    }
+    (version, status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_in_another_pool_stops_appends_at_a_remembered_version() {
+    let guarded = common::fresh_store().await;
+    let a = guarded.store().clone();
+    let b = another_pool(&a).await;
+    let schema = a.schema().to_owned();
+    // Tombstoned elsewhere: the version `a` remembers meets the fence.
+    let gone = StreamId::new("fenced-1").unwrap();
+    for _ in 0..3 {
+        a.append(vec![StreamWrite::new(
+            gone.clone(),
+            ExpectedVersion::Any,
+            one_event(),
+        )])
+        .await
+        .unwrap();
+    }
+    b.tombstone_stream(&gone, ExpectedVersion::Exact(3))
+        .await
+        .unwrap();
+    for expected in [ExpectedVersion::Any, ExpectedVersion::Exact(3)] {
+        let refused = a
+            .append(vec![StreamWrite::new(gone.clone(), expected, one_event())])
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::StreamTombstoned { .. })),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(
+        assert_fenced_as_its_status(&schema, "fenced-1").await,
+        (3, 2)
+    );
+    // Soft-deleted elsewhere: an expectation of the old version conflicts, `Any` recreates
+    // the stream and its revisions go on.
+    let deleted = StreamId::new("fenced-2").unwrap();
+    for _ in 0..2 {
+        a.append(vec![StreamWrite::new(
+            deleted.clone(),
+            ExpectedVersion::Any,
+            one_event(),
+        )])
+        .await
+        .unwrap();
+    }
+    b.delete_stream(&deleted, ExpectedVersion::Any)
+        .await
+        .unwrap();
+    assert_eq!(
+        assert_fenced_as_its_status(&schema, "fenced-2").await,
+        (2, 1)
+    );
+    let stale = a
+        .append(vec![StreamWrite::new(
+            deleted.clone(),
+            ExpectedVersion::Exact(2),
+            one_event(),
+        )])
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::Conflict { actual: None, .. })),
+        "{stale:?}"
+    );
+    let recreated = a
+        .append(vec![StreamWrite::new(
+            deleted.clone(),
+            ExpectedVersion::Any,
+            one_event(),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(recreated.streams[0].first_revision, 2, "revisions go on");
+    assert_eq!(
+        assert_fenced_as_its_status(&schema, "fenced-2").await,
+        (3, 0)
+    );
+    let read: Vec<u64> = a
+        .read_stream(&deleted, ReadStream::forward())
+        .map_ok(|e| e.revision)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(read, vec![2], "only the new life reads");
+    // Fences are not events: the log holds the five appended, and nothing else.
+    let log: Vec<_> = a.read_all(ReadAll::forward()).try_collect().await.unwrap();
+    assert_eq!(log.len(), 6);
+    let backward: Vec<_> = a.read_all(ReadAll::backward()).try_collect().await.unwrap();
+    assert_eq!(backward.len(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_of_one_stream_from_two_pools_all_succeed_without_gaps() {
+    let guarded = common::fresh_store().await;
+    let a = guarded.store().clone();
+    let b = another_pool(&a).await;
+    let hot = StreamId::new("hot-1").unwrap();
+    let mut tasks = Vec::new();
+    for store in [a.clone(), b] {
+        for _ in 0..4 {
+            let (store, hot) = (store.clone(), hot.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut revisions = Vec::new();
+                for _ in 0..25 {
+                    let appended = store
+                        .append(vec![StreamWrite::new(
+                            hot.clone(),
+                            ExpectedVersion::Any,
+                            one_event(),
+                        )])
+                        .await
+                        .expect("an append expecting any version never conflicts");
+                    revisions.push(appended.streams[0].first_revision);
+                }
+                revisions
+            }));
+        }
+    }
+    let mut acknowledged = HashSet::new();
+    for task in tasks {
+        for revision in task.await.unwrap() {
+            assert!(
+                acknowledged.insert(revision),
+                "revision {revision} given twice"
+            );
+        }
+    }
+    assert_eq!(acknowledged, (0..200).collect::<HashSet<u64>>());
+    assert_eq!(
+        assert_fenced_as_its_status(a.schema(), "hot-1").await,
+        (200, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_changes_racing_appends_fence_exactly_at_the_version() {
+    let guarded = common::fresh_store().await;
+    let a = guarded.store().clone();
+    let b = another_pool(&a).await;
+    let schema = a.schema().to_owned();
+    let stream = StreamId::new("raced-1").unwrap();
+    let mut writers = Vec::new();
+    for store in [a.clone(), b.clone()] {
+        for _ in 0..2 {
+            let (store, stream) = (store.clone(), stream.clone());
+            writers.push(tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                // Bounded: a writer the tombstone never stops fails the test.
+                for _ in 0..5_000 {
+                    match store
+                        .append(vec![StreamWrite::new(
+                            stream.clone(),
+                            ExpectedVersion::Any,
+                            one_event(),
+                        )])
+                        .await
+                    {
+                        Ok(r) => acknowledged.push(r.streams[0].first_revision),
+                        Err(StoreError::StreamTombstoned { .. }) => return acknowledged,
+                        Err(other) => panic!("appends expecting any version: {other:?}"),
+                    }
+                }
+                panic!("appends went on after the tombstone");
+            }));
+        }
+    }
+    // Soft deletes while the writers go on (each recreates the stream), then a tombstone.
+    let mut next = 10;
+    for round in 0..6 {
+        while a
+            .stream_info(&stream)
+            .await
+            .unwrap()
+            .map_or(0, |i| i.version)
+            < next
+        {
+            assert!(
+                writers.iter().any(|w| !w.is_finished()),
+                "the writers stopped before the tombstone"
+            );
+            tokio::task::yield_now().await;
+        }
+        if round < 5 {
+            b.delete_stream(&stream, ExpectedVersion::Any)
+                .await
+                .unwrap();
+            next += 10;
+        } else {
+            b.tombstone_stream(&stream, ExpectedVersion::Any)
+                .await
+                .unwrap();
+        }
+    }
+    let mut acknowledged = Vec::new();
+    for writer in writers {
+        acknowledged.extend(writer.await.unwrap());
+    }
+    let (version, status) = assert_fenced_as_its_status(&schema, "raced-1").await;
+    assert_eq!(status, 2, "tombstoned");
+    acknowledged.sort_unstable();
+    assert_eq!(
+        acknowledged,
+        (0..version as u64).collect::<Vec<_>>(),
+        "every revision below the tombstone acknowledged once, none above"
+    );
+}
