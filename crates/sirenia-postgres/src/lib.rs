@@ -134,10 +134,11 @@ struct Shared {
     notifier: tokio::task::JoinHandle<()>,
     poll_interval: Duration,
     /// The version each stream reached in this process's last append of it (at most
-    /// [`MAX_CACHED_VERSIONS`]): the one-statement path's revision for that stream. `None`:
+    /// [`MAX_CACHED_VERSIONS`]; forgotten whenever the pool opens a connection): the
+    /// one-statement path's revision for that stream. `None`:
     /// the stream is contended (an append of the remembered revision found it taken), so its
     /// appends ask the log for the revision instead.
-    versions: std::sync::Mutex<HashMap<String, Option<u64>>>,
+    versions: Arc<std::sync::Mutex<HashMap<String, Option<u64>>>>,
     /// Appends done by the one-statement path and by the append function.
     one_statement: std::sync::atomic::AtomicU64,
     by_function: std::sync::atomic::AtomicU64,
@@ -207,10 +208,9 @@ impl Sql {
         // (`computed`: the revision after the last event; kind 2, stream exists, needs one).
         // No row back, or the key taken, means: decide again with the append function.
         // Positions are `xid << 20` + index, as the function makes them (an autocommit
-        // statement is its own transaction, so no earlier append shares the xid); past 2^43
-        // the position is NULL, and the function raises the error.
-        let position = "CASE WHEN pg_current_xact_id()::text::bigint < (1::bigint << 43) \
-                        THEN pg_current_xact_id()::text::bigint << 20 END";
+        // statement is its own transaction, so no earlier append shares the xid); from 2^43
+        // on the multiplication overflows, and the function raises the error.
+        let position = "pg_current_xact_id()::text::bigint * 1048576";
         let columns = "position, stream_id, revision, event_id, event_type, schema_version, \
                        content_type, data, data_bytes, metadata";
         let previous = format!(
@@ -625,9 +625,20 @@ impl PostgresStore {
         let manager = connector.manager(config.clone());
         // Last in, first out: the connections in use stay few and warm (their prepared
         // statements cached) and the rest idle, instead of every append cycling through all.
+        // What this process remembers of stream versions holds only while the database does
+        // not go back in time: a new connection may follow a failover or a restore, so every
+        // new connection starts the memory afresh.
+        let versions: Arc<std::sync::Mutex<HashMap<String, Option<u64>>>> = Arc::default();
+        let forget = versions.clone();
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .queue_mode(deadpool_postgres::QueueMode::Lifo)
+            .post_create(deadpool_postgres::Hook::sync_fn(move |_, _| {
+                if let Ok(mut versions) = forget.lock() {
+                    versions.clear();
+                }
+                Ok(())
+            }))
             .build()
             .map_err(|e| StoreError::InvalidOptions {
                 message: format!("cannot build the connection pool: {e}"),
@@ -662,7 +673,7 @@ impl PostgresStore {
                 listener,
                 notifier,
                 poll_interval: options.poll_interval,
-                versions: std::sync::Mutex::new(HashMap::new()),
+                versions,
                 one_statement: std::sync::atomic::AtomicU64::new(0),
                 by_function: std::sync::atomic::AtomicU64::new(0),
             }),
@@ -1399,10 +1410,8 @@ fn classify_error(e: tokio_postgres::Error) -> CallError {
                 index: i.saturating_sub(1),
             };
         }
-        // The plain-SQL path proposes a NULL position past the position range (see `Sql`).
-        if db.code() == &tokio_postgres::error::SqlState::NOT_NULL_VIOLATION
-            && db.column() == Some("position")
-        {
+        // The plain-SQL path's position overflows past the position range (see `Sql`).
+        if db.code() == &tokio_postgres::error::SqlState::NUMERIC_VALUE_OUT_OF_RANGE {
             return CallError::Recheck;
         }
         // A revision taken by a concurrent append, or a fence: decide again.

@@ -232,6 +232,9 @@ $fn$;
     // is decided again by the append function, which honours the lifecycle (and, when it
     // recreates a soft-deleted stream, replaces the fence by the first new event).
     r#"
+-- Processes still running an older Sirenia wait here, and fail afterwards: none can close a
+-- stream between the fences below and the column's removal.
+LOCK TABLE {s}.streams, {s}.events IN SHARE ROW EXCLUSIVE MODE;
 CREATE SEQUENCE {s}.fence_positions;
 INSERT INTO {s}.events (position, stream_id, revision, event_id, event_type, schema_version,
                         content_type, data_bytes)
@@ -240,22 +243,26 @@ SELECT -nextval('{s}.fence_positions'), stream_id, version, gen_random_uuid(), '
 FROM {s}.streams WHERE status <> 0;
 ALTER TABLE {s}.streams DROP COLUMN version;
 -- Puts a fence at the stream's version and returns that version (or the version of the fence
--- already there). An append that takes the revision first sends it round again; the loop is
--- here, in the server, so that it keeps up with appends that never stop.
+-- already there: a fence is always the stream's top revision). An append that takes the
+-- revision first sends it round again; the loop is here, in the server, so that it keeps up
+-- with appends that never stop.
 CREATE FUNCTION {s}.fence(p_stream text) RETURNS bigint
 LANGUAGE plpgsql AS $fn$
 DECLARE
     v     bigint;
+    p     bigint;
     tries integer := 0;
 BEGIN
     LOOP
-        SELECT e.revision INTO v FROM {s}.events e
-            WHERE e.stream_id = p_stream AND e.position < 0;
-        IF FOUND THEN
+        SELECT e.revision, e.position INTO v, p FROM {s}.events e
+            WHERE e.stream_id = p_stream ORDER BY e.revision DESC LIMIT 1;
+        IF NOT FOUND THEN
+            v := 0;
+        ELSIF p < 0 THEN
             RETURN v;
+        ELSE
+            v := v + 1;
         END IF;
-        SELECT coalesce(max(e.revision) + 1, 0) INTO v FROM {s}.events e
-            WHERE e.stream_id = p_stream AND e.position > 0;
         BEGIN
             INSERT INTO {s}.events (position, stream_id, revision, event_id, event_type,
                                     schema_version, content_type, data_bytes)
@@ -271,6 +278,12 @@ BEGIN
     END LOOP;
 END
 $fn$;
+-- The append function, with versions from the log. Calls take an advisory lock per stream
+-- name, in name order (lifecycle records are few, and a row lock needs a row), so calls on
+-- the same streams take turns and never wait on each other in a cycle. One-statement appends
+-- take no lock: one that takes a revision this call decided on makes the INSERT fail on the
+-- key, and the call decides again (in read committed; a transaction with a fixed snapshot
+-- would only see the same versions again, and gets a serialization failure to retry).
 CREATE OR REPLACE FUNCTION {s}.append(
     p_streams text[], p_kinds smallint[], p_expected bigint[], p_counts bigint[],
     p_write integer[], p_index bigint[],
@@ -279,13 +292,16 @@ CREATE OR REPLACE FUNCTION {s}.append(
     OUT base bigint, OUT firsts bigint[])
 LANGUAGE plpgsql AS $fn$
 DECLARE
-    n   integer := coalesce(array_length(p_streams, 1), 0);
-    i   integer;
-    cur bigint;
-    vis bigint;
-    st  smallint;
-    ok  boolean;
-    xid bigint := pg_current_xact_id()::text::bigint;
+    n       integer := coalesce(array_length(p_streams, 1), 0);
+    i       integer;
+    cur     bigint;
+    vis     bigint;
+    st      smallint;
+    ok      boolean;
+    tries   integer := 0;
+    clash   text;
+    ordered integer[];
+    xid     bigint := pg_current_xact_id()::text::bigint;
 BEGIN
     IF xid >= (1::bigint << 43) THEN
         RAISE EXCEPTION 'transaction id % is beyond what positions can encode', xid;
@@ -296,47 +312,71 @@ BEGIN
     IF base + coalesce(array_length(p_ids, 1), 0) > ((xid + 1) << 20) THEN
         RAISE EXCEPTION 'one transaction cannot append more than 2^20 events';
     END IF;
-    firsts := array_fill(0::bigint, ARRAY[n]);
-    FOR i IN SELECT t.ord FROM unnest(p_streams) WITH ORDINALITY AS t(name, ord) ORDER BY t.name LOOP
-        -- The lifecycle record, locked against a concurrent change (no record: active). The
-        -- statements after the lock see what the change committed.
-        st := NULL;
-        SELECT r.status INTO st FROM {s}.streams r WHERE r.stream_id = p_streams[i] FOR UPDATE;
-        st := coalesce(st, 0);
-        SELECT coalesce(max(e.revision) + 1, 0) INTO cur FROM {s}.events e
-            WHERE e.stream_id = p_streams[i] AND e.position > 0;
-        -- Status 2: tombstoned, closed for good. Status 1: soft-deleted, so expectations see
-        -- no stream, and events recreate it (revisions go on from cur).
-        IF st = 2 THEN
-            RAISE EXCEPTION USING ERRCODE = 'SR002', MESSAGE = 'sirenia: stream tombstoned',
-                DETAIL = i::text;
-        END IF;
-        vis := CASE WHEN st = 1 THEN 0 ELSE cur END;
-        ok := CASE p_kinds[i]
-            WHEN 0 THEN true
-            WHEN 1 THEN vis = 0
-            WHEN 2 THEN vis > 0
-            ELSE vis = p_expected[i]
-        END;
-        IF NOT ok THEN
-            RAISE EXCEPTION USING ERRCODE = 'SR001', MESSAGE = 'sirenia: expected version',
-                DETAIL = i::text || ':' || vis::text;
-        END IF;
-        IF st = 1 AND p_counts[i] > 0 THEN
-            DELETE FROM {s}.events WHERE stream_id = p_streams[i] AND revision = cur
-                AND position < 0;
-            UPDATE {s}.streams SET status = 0 WHERE stream_id = p_streams[i];
-        END IF;
-        firsts[i] := cur;
+    SELECT coalesce(array_agg(t.ord::integer ORDER BY t.name), '{}') INTO ordered
+        FROM unnest(p_streams) WITH ORDINALITY AS t(name, ord);
+    FOREACH i IN ARRAY ordered LOOP
+        PERFORM pg_advisory_xact_lock(hashtext('sirenia-stream:{s}'), hashtext(p_streams[i]));
     END LOOP;
-    -- p_write[k] is the write of event k, p_index[k] its index within that write. A revision
-    -- taken meanwhile by a plain-INSERT append raises a unique violation: decided again.
-    INSERT INTO {s}.events (position, stream_id, revision, event_id, event_type, schema_version,
-                            content_type, data, data_bytes, metadata)
-    SELECT base + e.ord - 1, p_streams[e.w], firsts[e.w] + e.ix, e.id, e.ty, e.ver, e.ct,
-           e.js, e.bs, e.md
-    FROM unnest(p_write, p_index, p_ids, p_types, p_versions, p_content_types, p_json, p_bytes,
-                p_metadata) WITH ORDINALITY AS e(w, ix, id, ty, ver, ct, js, bs, md, ord);
+    LOOP
+        BEGIN
+            firsts := array_fill(0::bigint, ARRAY[n]);
+            FOREACH i IN ARRAY ordered LOOP
+                -- The lifecycle record, locked against a concurrent change (no record:
+                -- active); what follows sees what the change committed.
+                st := NULL;
+                SELECT r.status INTO st FROM {s}.streams r WHERE r.stream_id = p_streams[i]
+                    FOR UPDATE;
+                st := coalesce(st, 0);
+                SELECT coalesce(max(e.revision) + 1, 0) INTO cur FROM {s}.events e
+                    WHERE e.stream_id = p_streams[i] AND e.position > 0;
+                -- Status 2: tombstoned, closed for good. Status 1: soft-deleted, so
+                -- expectations see no stream, and events recreate it (revisions go on).
+                IF st = 2 THEN
+                    RAISE EXCEPTION USING ERRCODE = 'SR002',
+                        MESSAGE = 'sirenia: stream tombstoned', DETAIL = i::text;
+                END IF;
+                vis := CASE WHEN st = 1 THEN 0 ELSE cur END;
+                ok := CASE p_kinds[i]
+                    WHEN 0 THEN true
+                    WHEN 1 THEN vis = 0
+                    WHEN 2 THEN vis > 0
+                    ELSE vis = p_expected[i]
+                END;
+                IF NOT ok THEN
+                    RAISE EXCEPTION USING ERRCODE = 'SR001',
+                        MESSAGE = 'sirenia: expected version',
+                        DETAIL = i::text || ':' || vis::text;
+                END IF;
+                IF st = 1 AND p_counts[i] > 0 THEN
+                    -- Recreated: the fence gives way to the first new event.
+                    DELETE FROM {s}.events WHERE stream_id = p_streams[i] AND revision = cur
+                        AND position < 0;
+                    UPDATE {s}.streams SET status = 0 WHERE stream_id = p_streams[i];
+                END IF;
+                firsts[i] := cur;
+            END LOOP;
+            -- p_write[k] is the write of event k, p_index[k] its index within that write.
+            INSERT INTO {s}.events (position, stream_id, revision, event_id, event_type,
+                                    schema_version, content_type, data, data_bytes, metadata)
+            SELECT base + e.ord - 1, p_streams[e.w], firsts[e.w] + e.ix, e.id, e.ty, e.ver,
+                   e.ct, e.js, e.bs, e.md
+            FROM unnest(p_write, p_index, p_ids, p_types, p_versions, p_content_types, p_json,
+                        p_bytes, p_metadata) WITH ORDINALITY AS e(w, ix, id, ty, ver, ct, js, bs,
+                                                                  md, ord);
+            RETURN;
+        EXCEPTION WHEN unique_violation THEN
+            GET STACKED DIAGNOSTICS clash = CONSTRAINT_NAME;
+            tries := tries + 1;
+            IF clash IS DISTINCT FROM 'events_stream_revision' OR tries >= 100 THEN
+                RAISE;
+            END IF;
+            IF current_setting('transaction_isolation') <> 'read committed' THEN
+                RAISE EXCEPTION USING ERRCODE = 'serialization_failure',
+                    MESSAGE = 'sirenia: a concurrent append took a revision this '
+                              'transaction''s snapshot cannot see; retry the transaction';
+            END IF;
+        END;
+    END LOOP;
 END
 $fn$;
 "#,

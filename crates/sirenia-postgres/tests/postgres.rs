@@ -836,7 +836,7 @@ async fn a_change_in_another_pool_stops_appends_at_a_remembered_version() {
         .await
         .unwrap();
     assert_eq!(read, vec![2], "only the new life reads");
-    // Fences are not events: the log holds the five appended, and nothing else.
+    // Fences are not events: the log holds the six appended, and nothing else.
     let log: Vec<_> = a.read_all(ReadAll::forward()).try_collect().await.unwrap();
     assert_eq!(log.len(), 6);
     let backward: Vec<_> = a.read_all(ReadAll::backward()).try_collect().await.unwrap();
@@ -956,5 +956,103 @@ async fn lifecycle_changes_racing_appends_fence_exactly_at_the_version() {
         acknowledged,
         (0..version as u64).collect::<Vec<_>>(),
         "every revision below the tombstone acknowledged once, none above"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_stream_appends_in_opposite_orders_from_two_pools_all_succeed() {
+    let guarded = common::fresh_store().await;
+    let a = guarded.store().clone();
+    let b = another_pool(&a).await;
+    let (x, y) = (
+        StreamId::new("pair-x").unwrap(),
+        StreamId::new("pair-y").unwrap(),
+    );
+    let mut tasks = Vec::new();
+    for (store, first, second) in [(a.clone(), x.clone(), y.clone()), (b, y.clone(), x.clone())] {
+        for _ in 0..2 {
+            let (store, first, second) = (store.clone(), first.clone(), second.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..25 {
+                    store
+                        .append(vec![
+                            StreamWrite::new(first.clone(), ExpectedVersion::Any, one_event()),
+                            StreamWrite::new(second.clone(), ExpectedVersion::Any, one_event()),
+                        ])
+                        .await
+                        .expect("appends expecting any version neither conflict nor deadlock");
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for name in ["pair-x", "pair-y"] {
+        assert_eq!(
+            assert_fenced_as_its_status(a.schema(), name).await,
+            (100, 0)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeatable_read_transaction_behind_a_concurrent_append_gets_a_serialization_failure() {
+    let guarded = common::fresh_store().await;
+    let a = guarded.store().clone();
+    let b = another_pool(&a).await;
+    let s = StreamId::new("snapshot-1").unwrap();
+    a.append(vec![StreamWrite::new(
+        s.clone(),
+        ExpectedVersion::Any,
+        one_event(),
+    )])
+    .await
+    .unwrap();
+    let mut client = a.client().await.unwrap();
+    let mut tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .await
+        .unwrap();
+    // The snapshot is taken by the first statement, before the other pool's append.
+    tx.query_one("SELECT 1", &[]).await.unwrap();
+    b.append(vec![StreamWrite::new(
+        s.clone(),
+        ExpectedVersion::Any,
+        one_event(),
+    )])
+    .await
+    .unwrap();
+    let refused = a
+        .append_in_transaction(
+            &mut tx,
+            vec![StreamWrite::new(
+                s.clone(),
+                ExpectedVersion::Any,
+                one_event(),
+            )],
+        )
+        .await;
+    let Err(StoreError::Backend {
+        source: Some(source),
+        ..
+    }) = &refused
+    else {
+        panic!("expected a backend error with its source: {refused:?}");
+    };
+    let code = source
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(tokio_postgres::Error::code);
+    assert_eq!(
+        code,
+        Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE),
+        "{refused:?}"
+    );
+    drop(tx);
+    assert_eq!(
+        assert_fenced_as_its_status(a.schema(), "snapshot-1").await,
+        (2, 0)
     );
 }
