@@ -700,6 +700,21 @@ fn one_event() -> Vec<NewEvent> {
     vec![NewEvent::json("E", &json!({}))]
 }
 
+/// One event appended to `stream` with `expected`.
+async fn append_one(
+    store: &PostgresStore,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+) -> Result<sirenia_core::AppendResult, StoreError> {
+    store
+        .append(vec![StreamWrite::new(
+            stream.clone(),
+            expected,
+            one_event(),
+        )])
+        .await
+}
+
 /// A second store (pool) on the schema of `first`, as another process would have.
 async fn another_pool(first: &PostgresStore) -> PostgresStore {
     let options = PostgresOptions {
@@ -710,6 +725,18 @@ async fn another_pool(first: &PostgresStore) -> PostgresStore {
     PostgresStore::connect_with(&common::url(), options)
         .await
         .unwrap()
+}
+
+/// A fresh store and a second pool on its schema (dropped with the first element).
+async fn two_pools() -> (
+    sirenia_testkit::Guarded<PostgresStore, common::SchemaGuard>,
+    PostgresStore,
+    PostgresStore,
+) {
+    let guarded = common::fresh_store().await;
+    let a = guarded.store().clone();
+    let b = another_pool(&a).await;
+    (guarded, a, b)
 }
 
 /// What the tables hold for `stream`: its events' revisions are 0, 1, … with no gap, and it has
@@ -755,28 +782,18 @@ async fn assert_fenced_as_its_status(schema: &str, stream: &str) -> (i64, i16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_in_another_pool_stops_appends_at_a_remembered_version() {
-    let guarded = common::fresh_store().await;
-    let a = guarded.store().clone();
-    let b = another_pool(&a).await;
+    let (_guarded, a, b) = two_pools().await;
     let schema = a.schema().to_owned();
     // Tombstoned elsewhere: the version `a` remembers meets the fence.
     let gone = StreamId::new("fenced-1").unwrap();
     for _ in 0..3 {
-        a.append(vec![StreamWrite::new(
-            gone.clone(),
-            ExpectedVersion::Any,
-            one_event(),
-        )])
-        .await
-        .unwrap();
+        append_one(&a, &gone, ExpectedVersion::Any).await.unwrap();
     }
     b.tombstone_stream(&gone, ExpectedVersion::Exact(3))
         .await
         .unwrap();
     for expected in [ExpectedVersion::Any, ExpectedVersion::Exact(3)] {
-        let refused = a
-            .append(vec![StreamWrite::new(gone.clone(), expected, one_event())])
-            .await;
+        let refused = append_one(&a, &gone, expected).await;
         assert!(
             matches!(refused, Err(StoreError::StreamTombstoned { .. })),
             "{refused:?}"
@@ -790,13 +807,9 @@ async fn a_change_in_another_pool_stops_appends_at_a_remembered_version() {
     // the stream and its revisions go on.
     let deleted = StreamId::new("fenced-2").unwrap();
     for _ in 0..2 {
-        a.append(vec![StreamWrite::new(
-            deleted.clone(),
-            ExpectedVersion::Any,
-            one_event(),
-        )])
-        .await
-        .unwrap();
+        append_one(&a, &deleted, ExpectedVersion::Any)
+            .await
+            .unwrap();
     }
     b.delete_stream(&deleted, ExpectedVersion::Any)
         .await
@@ -805,23 +818,12 @@ async fn a_change_in_another_pool_stops_appends_at_a_remembered_version() {
         assert_fenced_as_its_status(&schema, "fenced-2").await,
         (2, 1)
     );
-    let stale = a
-        .append(vec![StreamWrite::new(
-            deleted.clone(),
-            ExpectedVersion::Exact(2),
-            one_event(),
-        )])
-        .await;
+    let stale = append_one(&a, &deleted, ExpectedVersion::Exact(2)).await;
     assert!(
         matches!(stale, Err(StoreError::Conflict { actual: None, .. })),
         "{stale:?}"
     );
-    let recreated = a
-        .append(vec![StreamWrite::new(
-            deleted.clone(),
-            ExpectedVersion::Any,
-            one_event(),
-        )])
+    let recreated = append_one(&a, &deleted, ExpectedVersion::Any)
         .await
         .unwrap();
     assert_eq!(recreated.streams[0].first_revision, 2, "revisions go on");
@@ -845,9 +847,7 @@ async fn a_change_in_another_pool_stops_appends_at_a_remembered_version() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_of_one_stream_from_two_pools_all_succeed_without_gaps() {
-    let guarded = common::fresh_store().await;
-    let a = guarded.store().clone();
-    let b = another_pool(&a).await;
+    let (_guarded, a, b) = two_pools().await;
     let hot = StreamId::new("hot-1").unwrap();
     let mut tasks = Vec::new();
     for store in [a.clone(), b] {
@@ -856,12 +856,7 @@ async fn appends_of_one_stream_from_two_pools_all_succeed_without_gaps() {
             tasks.push(tokio::spawn(async move {
                 let mut revisions = Vec::new();
                 for _ in 0..25 {
-                    let appended = store
-                        .append(vec![StreamWrite::new(
-                            hot.clone(),
-                            ExpectedVersion::Any,
-                            one_event(),
-                        )])
+                    let appended = append_one(&store, &hot, ExpectedVersion::Any)
                         .await
                         .expect("an append expecting any version never conflicts");
                     revisions.push(appended.streams[0].first_revision);
@@ -888,9 +883,7 @@ async fn appends_of_one_stream_from_two_pools_all_succeed_without_gaps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_changes_racing_appends_fence_exactly_at_the_version() {
-    let guarded = common::fresh_store().await;
-    let a = guarded.store().clone();
-    let b = another_pool(&a).await;
+    let (_guarded, a, b) = two_pools().await;
     let schema = a.schema().to_owned();
     let stream = StreamId::new("raced-1").unwrap();
     let mut writers = Vec::new();
@@ -901,14 +894,7 @@ async fn lifecycle_changes_racing_appends_fence_exactly_at_the_version() {
                 let mut acknowledged = Vec::new();
                 // Bounded: a writer the tombstone never stops fails the test.
                 for _ in 0..5_000 {
-                    match store
-                        .append(vec![StreamWrite::new(
-                            stream.clone(),
-                            ExpectedVersion::Any,
-                            one_event(),
-                        )])
-                        .await
-                    {
+                    match append_one(&store, &stream, ExpectedVersion::Any).await {
                         Ok(r) => acknowledged.push(r.streams[0].first_revision),
                         Err(StoreError::StreamTombstoned { .. }) => return acknowledged,
                         Err(other) => panic!("appends expecting any version: {other:?}"),
@@ -961,9 +947,7 @@ async fn lifecycle_changes_racing_appends_fence_exactly_at_the_version() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_stream_appends_in_opposite_orders_from_two_pools_all_succeed() {
-    let guarded = common::fresh_store().await;
-    let a = guarded.store().clone();
-    let b = another_pool(&a).await;
+    let (_guarded, a, b) = two_pools().await;
     let (x, y) = (
         StreamId::new("pair-x").unwrap(),
         StreamId::new("pair-y").unwrap(),
@@ -998,17 +982,9 @@ async fn multi_stream_appends_in_opposite_orders_from_two_pools_all_succeed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeatable_read_transaction_behind_a_concurrent_append_gets_a_serialization_failure() {
-    let guarded = common::fresh_store().await;
-    let a = guarded.store().clone();
-    let b = another_pool(&a).await;
+    let (_guarded, a, b) = two_pools().await;
     let s = StreamId::new("snapshot-1").unwrap();
-    a.append(vec![StreamWrite::new(
-        s.clone(),
-        ExpectedVersion::Any,
-        one_event(),
-    )])
-    .await
-    .unwrap();
+    append_one(&a, &s, ExpectedVersion::Any).await.unwrap();
     let mut client = a.client().await.unwrap();
     let mut tx = client
         .build_transaction()
@@ -1018,13 +994,7 @@ async fn a_repeatable_read_transaction_behind_a_concurrent_append_gets_a_seriali
         .unwrap();
     // The snapshot is taken by the first statement, before the other pool's append.
     tx.query_one("SELECT 1", &[]).await.unwrap();
-    b.append(vec![StreamWrite::new(
-        s.clone(),
-        ExpectedVersion::Any,
-        one_event(),
-    )])
-    .await
-    .unwrap();
+    append_one(&b, &s, ExpectedVersion::Any).await.unwrap();
     let refused = a
         .append_in_transaction(
             &mut tx,
