@@ -56,6 +56,19 @@ async fn raw_inserts(
     batch: usize,
     duration: Duration,
 ) -> BenchResult<Measurement> {
+    raw_inserts_shaped(schema, connections, batch, duration, false).await
+}
+
+/// [`raw_inserts`]; with `returning`, single rows as the store's one-statement append writes
+/// them: the position from the transaction id, and `RETURNING revision, position` (what the
+/// port hands back), read from the reply.
+async fn raw_inserts_shaped(
+    schema: &str,
+    connections: usize,
+    batch: usize,
+    duration: Duration,
+    returning: bool,
+) -> BenchResult<Measurement> {
     let mut values = String::new();
     for r in 0..batch {
         let b = r * 4;
@@ -71,10 +84,21 @@ async fn raw_inserts(
             b + 4
         ));
     }
-    let sql = format!(
-        "INSERT INTO {schema}.events (stream_id, revision, event_id, event_type, schema_version, \
-         content_type, data) VALUES {values}"
-    );
+    let sql = if returning {
+        assert_eq!(batch, 1, "the store's statement shape is for single rows");
+        format!(
+            "INSERT INTO {schema}.events (position, stream_id, revision, event_id, event_type, \
+             schema_version, content_type, data) OVERRIDING SYSTEM VALUE \
+             VALUES (pg_current_xact_id()::text::bigint * 1048576, $1, $2, $3, \
+             'MoneyDeposited', 1, 'application/json', $4::text::jsonb) \
+             RETURNING revision, position"
+        )
+    } else {
+        format!(
+            "INSERT INTO {schema}.events (stream_id, revision, event_id, event_type, \
+             schema_version, content_type, data) VALUES {values}"
+        )
+    };
     // Connected and prepared before the clock starts, as the store's pool is.
     let mut clients = Vec::with_capacity(connections);
     for _ in 0..connections {
@@ -111,7 +135,12 @@ async fn raw_inserts(
                     params.push(&payload);
                 }
                 let t0 = Instant::now();
-                client.execute(&statement, &params).await?;
+                if returning {
+                    let row = client.query_one(&statement, &params).await?;
+                    let _: (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+                } else {
+                    client.execute(&statement, &params).await?;
+                }
                 record(&mut latency, t0)?;
                 next[s] += batch as i64;
                 events += batch as u64;
@@ -312,12 +341,18 @@ pub(crate) async fn run(
                 // Raw and Sirenia take turns in short rounds, so that the disk's and the
                 // machine's drift over the run falls on both alike.
                 let round = scale.duration / S1_ROUNDS;
-                let (mut raw_total, mut ours_total) = (None, None);
+                let (mut raw_total, mut ours_total, mut shaped_total) = (None, None, None);
                 for _ in 0..S1_ROUNDS {
                     let m = raw_inserts(&raw, connections, 1, round).await?;
                     Measurement::accumulate(&mut raw_total, m)?;
                     let m = sirenia_appends(&store, connections, 1, round).await?;
                     Measurement::accumulate(&mut ours_total, m)?;
+                    // With one writer, also the store's statement shape through a raw client:
+                    // how much of the gap is the statement, and how much the store.
+                    if connections == 1 {
+                        let m = raw_inserts_shaped(&raw, connections, 1, round, true).await?;
+                        Measurement::accumulate(&mut shaped_total, m)?;
+                    }
                 }
                 let (Some(m), Some(ours)) = (raw_total, ours_total) else {
                     unreachable!("S1_ROUNDS is not zero");
@@ -346,6 +381,16 @@ pub(crate) async fn run(
                             latency: None,
                             peak_rss: None,
                         },
+                        Some(("raw INSERT", raw_rate)),
+                        None,
+                    ));
+                }
+                if let Some(m) = shaped_total {
+                    rows.push(row(
+                        scenario,
+                        "raw prepared INSERT as the store writes it (xid position, RETURNING), \
+                         1 connection",
+                        m,
                         Some(("raw INSERT", raw_rate)),
                         None,
                     ));
