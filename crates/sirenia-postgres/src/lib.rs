@@ -874,7 +874,7 @@ impl PostgresStore {
         writes: Vec<StreamWrite>,
     ) -> Result<AppendResult, StoreError> {
         validate_append(&writes)?;
-        self.append_on(&*tx, writes, Guard::Savepoint).await
+        self.append_on(&*tx, &writes, Guard::Savepoint).await
     }
 
     /// One call of the append function. Inside a caller's transaction it runs under a
@@ -993,7 +993,7 @@ impl PostgresStore {
     }
 
     /// Remembers the versions an append reached, or forgets the streams of one that failed.
-    fn remember(&self, streams: &[StreamId], result: Option<&AppendResult>) {
+    fn remember(&self, writes: &[StreamWrite], result: Option<&AppendResult>) {
         let Ok(mut versions) = self.shared.versions.lock() else {
             return;
         };
@@ -1002,23 +1002,24 @@ impl PostgresStore {
                 if versions.len() + result.streams.len() > MAX_CACHED_VERSIONS {
                     versions.clear();
                 }
-                for appended in &result.streams {
-                    if appended.version > 0 {
-                        versions
-                            .entry(appended.stream.as_str().to_owned())
-                            .and_modify(|v| {
-                                if v.is_some() {
-                                    *v = Some(appended.version);
-                                }
-                            })
-                            .or_insert(Some(appended.version));
+                for appended in result.streams.iter().filter(|a| a.version > 0) {
+                    // A contended stream (`None`) stays so.
+                    match versions.get_mut(appended.stream.as_str()) {
+                        Some(Some(v)) => *v = appended.version,
+                        Some(None) => {}
+                        None => {
+                            versions.insert(
+                                appended.stream.as_str().to_owned(),
+                                Some(appended.version),
+                            );
+                        }
                     }
                 }
             }
             None => {
-                for stream in streams {
-                    if let Some(Some(_)) = versions.get(stream.as_str()) {
-                        versions.remove(stream.as_str());
+                for write in writes {
+                    if let Some(Some(_)) = versions.get(write.stream.as_str()) {
+                        versions.remove(write.stream.as_str());
                     }
                 }
             }
@@ -1099,11 +1100,11 @@ impl PostgresStore {
     async fn append_on(
         &self,
         client: &impl GenericClient,
-        writes: Vec<StreamWrite>,
+        writes: &[StreamWrite],
         guard: Guard,
     ) -> Result<AppendResult, StoreError> {
         let all: Vec<&StreamWrite> = writes.iter().collect();
-        let first = match (&writes[..], guard) {
+        let first = match (writes, guard) {
             ([one], Guard::None) if !one.events.is_empty() => self.call_one(client, one).await,
             _ => Err(CallError::Recheck),
         };
@@ -1167,7 +1168,7 @@ impl PostgresStore {
             }
             let mut outcome: Vec<Option<StreamAppended>> = Vec::with_capacity(writes.len());
             let mut new = Vec::new();
-            for write in &writes {
+            for write in writes {
                 let found: Vec<Option<&RecordedEvent>> =
                     write.events.iter().map(|e| stored.get(&e.id)).collect();
                 match classify_write(write, &found)? {
@@ -1500,9 +1501,8 @@ impl EventStore for PostgresStore {
         let client = self.client().await?;
         // Only committed appends are remembered (an append in a caller's transaction may
         // still roll back), and a failed one forgets its streams.
-        let streams: Vec<StreamId> = writes.iter().map(|w| w.stream.clone()).collect();
-        let outcome = self.append_on(&client, writes, Guard::None).await;
-        self.remember(&streams, outcome.as_ref().ok());
+        let outcome = self.append_on(&client, &writes, Guard::None).await;
+        self.remember(&writes, outcome.as_ref().ok());
         let result = outcome?;
         self.announce();
         Ok(result)
