@@ -1026,3 +1026,54 @@ async fn a_repeatable_read_transaction_behind_a_concurrent_append_gets_a_seriali
         (2, 0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_gone_back_behind_a_reconnect_leaves_no_gap() {
+    let schema = sirenia_testkit::postgres::fresh_schema("sirenia_t");
+    let _drop = common::SchemaGuard(schema.clone());
+    let name = schema.clone();
+    let url = common::url();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let options = PostgresOptions {
+        schema: schema.clone(),
+        pool_size: 2,
+        ..PostgresOptions::default()
+    };
+    let store =
+        PostgresStore::connect_with(&format!("{url}{separator}application_name={name}"), options)
+            .await
+            .unwrap();
+    let s = StreamId::new("restored-1").unwrap();
+    for _ in 0..3 {
+        append_one(&store, &s, ExpectedVersion::Any).await.unwrap();
+    }
+    // As after a restore from before those appends (or a failover to a standby that lacked
+    // them): the events are gone, and every connection the store had is cut.
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    admin
+        .batch_execute(&format!(
+            "DELETE FROM \"{schema}\".events WHERE stream_id = 'restored-1';
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE application_name = '{name}';"
+        ))
+        .await
+        .unwrap();
+    // Appends on cut connections fail; the first that goes through must not trust the version
+    // remembered from before.
+    let mut appended = None;
+    for _ in 0..20 {
+        if let Ok(r) = append_one(&store, &s, ExpectedVersion::Any).await {
+            appended = Some(r);
+            break;
+        }
+    }
+    let appended = appended.expect("the store reconnects");
+    assert_eq!(appended.streams[0].first_revision, 0, "no gap below it");
+    assert_eq!(
+        assert_fenced_as_its_status(&schema, "restored-1").await,
+        (1, 0)
+    );
+}
