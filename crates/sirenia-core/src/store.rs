@@ -634,15 +634,16 @@ pub fn validate_append(writes: &[StreamWrite]) -> Result<usize, StoreError> {
     if total > MAX_EVENTS_PER_APPEND {
         return Err(limit(Limit::EventsPerAppend, MAX_EVENTS_PER_APPEND, total));
     }
-    let mut streams = HashSet::with_capacity(writes.len());
-    let mut ids = HashSet::with_capacity(total);
+    // One stream or one event has nothing to repeat: no set to build (the common append).
+    let mut streams = (writes.len() > 1).then(|| HashSet::with_capacity(writes.len()));
+    let mut ids = (total > 1).then(|| HashSet::with_capacity(total));
     let mut bytes = 0usize;
     for write in writes {
-        if !streams.insert(&write.stream) {
+        if streams.as_mut().is_some_and(|s| !s.insert(&write.stream)) {
             return Err(InvalidAppend::DuplicateStream(write.stream.clone()).into());
         }
         for event in &write.events {
-            if !ids.insert(event.id) {
+            if ids.as_mut().is_some_and(|s| !s.insert(event.id)) {
                 return Err(InvalidAppend::DuplicateEventId(event.id).into());
             }
             check_name(
