@@ -498,8 +498,61 @@ fn storable_json<'a>(content_type: &str, data: &'a [u8]) -> Option<&'a str> {
         return None;
     }
     // A full parse: it refuses what jsonb refuses too (lone surrogates, out-of-range numbers).
-    serde_json::from_str::<serde_json::Value>(text).ok()?;
+    serde_json::from_str::<Parsed>(text).ok()?;
     Some(text)
+}
+
+/// What parsing a JSON text into a `serde_json::Value` checks (every string decoded, escapes
+/// and surrogate pairs included; every number parsed; the same depth limit), without building
+/// the value: nothing is allocated per append for a check whose result is a yes or a no.
+struct Parsed;
+
+impl<'de> serde::Deserialize<'de> for Parsed {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(Parsed)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Parsed {
+    type Value = Parsed;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Parsed, E> {
+        Ok(Parsed)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Parsed, E> {
+        Ok(Parsed)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Parsed, E> {
+        Ok(Parsed)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Parsed, E> {
+        Ok(Parsed)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Parsed, E> {
+        Ok(Parsed)
+    }
+
+    fn visit_unit<E>(self) -> Result<Parsed, E> {
+        Ok(Parsed)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Parsed, A::Error> {
+        while seq.next_element::<Parsed>()?.is_some() {}
+        Ok(Parsed)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Parsed, A::Error> {
+        while map.next_entry::<Parsed, Parsed>()?.is_some() {}
+        Ok(Parsed)
+    }
 }
 
 fn decode(row: &Row) -> Result<RecordedEvent, StoreError> {
@@ -1731,5 +1784,52 @@ impl EventStore for PostgresStore {
             _ = tokio::time::sleep(self.shared.poll_interval) => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The check refuses exactly what a parse into a `Value` refuses, so that a payload goes to
+    /// `jsonb` or to `bytea` as it did when the check built the value.
+    #[test]
+    fn the_payload_check_agrees_with_a_full_parse() {
+        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        let cases = [
+            r#"{"account":"acc-1","amount":1250,"note":"x"}"#.to_owned(),
+            r#"{"a":[1,-2,3.5e10,true,false,null,{"b":"\n\"\u00e9\ud83d\ude00"}]}"#.to_owned(),
+            r#""\ud800""#.to_owned(),
+            r#""\udc00 alone""#.to_owned(),
+            r#"{"\ud800":1}"#.to_owned(),
+            r#""\x""#.to_owned(),
+            "1e400".to_owned(),
+            "-1e400".to_owned(),
+            "18446744073709551616".to_owned(),
+            "1.5".to_owned(),
+            r#"{"a":1,"a":2}"#.to_owned(),
+            r#"{"a":1} trailing"#.to_owned(),
+            r#"{"a":1,}"#.to_owned(),
+            "[1,2".to_owned(),
+            "".to_owned(),
+            "nul".to_owned(),
+            "\"tab\there\"".to_owned(),
+            deep(100),
+            deep(127),
+            deep(128),
+            deep(129),
+            deep(1000),
+        ];
+        for text in &cases {
+            assert_eq!(
+                serde_json::from_str::<Parsed>(text).is_ok(),
+                serde_json::from_str::<serde_json::Value>(text).is_ok(),
+                "{text:.60}"
+            );
+        }
+        assert!(storable_json(JSON_CONTENT_TYPE, br#"{"a":1}"#).is_some());
+        assert!(storable_json(JSON_CONTENT_TYPE, br#""\ud800""#).is_none());
+        assert!(storable_json(JSON_CONTENT_TYPE, br#""\u0000""#).is_none());
+        assert!(storable_json("application/octet-stream", br#"{"a":1}"#).is_none());
     }
 }
