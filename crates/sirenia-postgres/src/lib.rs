@@ -79,8 +79,10 @@ pub const MAX_CACHED_VERSIONS: usize = 100_000;
 /// stream (each time someone else's append went through).
 pub const MAX_REVISION_RACES: usize = 64;
 /// Appends within this interval share one cross-process notification (this process's
-/// subscriptions are woken at once regardless).
-pub const NOTIFY_COALESCE: Duration = Duration::from_millis(2);
+/// subscriptions are woken at once regardless). The first append after a quiet spell notifies
+/// at once; under a steady load, other processes hear at most this late, and each notification
+/// (a transaction of its own, with a round trip) costs the writers that much less.
+pub const NOTIFY_COALESCE: Duration = Duration::from_millis(10);
 /// How long a read of the log waits for transactions that were in flight when it started, so
 /// that it returns everything committed before it (read-your-writes). Past this, for example
 /// behind a session idling in a transaction, it returns what is safe: fewer events, never a
