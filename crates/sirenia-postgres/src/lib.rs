@@ -173,8 +173,9 @@ impl std::fmt::Debug for PostgresStore {
 /// The statements, with the schema filled in.
 struct Sql {
     append: String,
-    /// One write of one event in one INSERT, by [`Shape`] (known, exact, computed).
-    append_one: [String; 3],
+    /// One write of one event in one INSERT, by [`Shape`] (known, exact, computed), then by
+    /// the columns its payload and metadata fill ([`OneEvent::columns`]).
+    append_one: [[String; 4]; 3],
     /// The same for a write of several events.
     append_batch: [String; 3],
     select: String,
@@ -224,13 +225,22 @@ impl Sql {
              AND position > 0) m"
         );
         let computed_ok = "($2::integer <> 2 OR m.top IS NOT NULL)";
+        // A single event's payload and metadata: a parameter each when present, a literal
+        // NULL otherwise (fewer parameters to bind and decode), by `OneEvent::columns`.
+        let tails = [
+            "$7::text::jsonb, NULL, NULL",
+            "$7::text::jsonb, NULL, $8::text::jsonb",
+            "NULL, $7, NULL",
+            "NULL, $7, $8::text::jsonb",
+        ];
         let one = |from: &str, revision: &str, condition: &str| {
-            format!(
-                "INSERT INTO {s}.events ({columns}) \
-                 SELECT {position}, $1, {revision}, $3, $4, $5, $6, $7::text::jsonb, $8, \
-                        $9::text::jsonb{from}{condition} \
-                 RETURNING revision, position"
-            )
+            tails.map(|tail| {
+                format!(
+                    "INSERT INTO {s}.events ({columns}) \
+                     SELECT {position}, $1, {revision}, $3, $4, $5, $6, {tail}{from}{condition} \
+                     RETURNING revision, position"
+                )
+            })
         };
         let batch = |from: &str, revision: &str, condition: &str| {
             format!(
@@ -243,11 +253,13 @@ impl Sql {
                  RETURNING revision, position"
             )
         };
-        let known_one = format!(
-            "INSERT INTO {s}.events ({columns}) \
-             VALUES ({position}, $1, $2, $3, $4, $5, $6, $7::text::jsonb, $8, $9::text::jsonb) \
-             RETURNING revision, position"
-        );
+        let known_one = tails.map(|tail| {
+            format!(
+                "INSERT INTO {s}.events ({columns}) \
+                 VALUES ({position}, $1, $2, $3, $4, $5, $6, {tail}) \
+                 RETURNING revision, position"
+            )
+        });
         Sql {
             append_one: [
                 known_one,
@@ -421,18 +433,49 @@ impl<'a> EventColumns<'a> {
             &self.metadata,
         ]
     }
+}
 
-    /// Event `i`'s columns, as statement parameters.
-    fn row(&self, i: usize) -> [&(dyn tokio_postgres::types::ToSql + Sync); 7] {
-        [
-            &self.ids[i],
-            &self.types[i],
-            &self.versions[i],
-            &self.content_types[i],
-            &self.json[i],
-            &self.raw[i],
-            &self.metadata[i],
-        ]
+/// One event's columns, for a single-event INSERT.
+struct OneEvent<'a> {
+    id: uuid::Uuid,
+    event_type: &'a str,
+    version: i32,
+    content_type: &'a str,
+    json: Option<&'a str>,
+    raw: &'a [u8],
+    metadata: Option<String>,
+}
+
+impl<'a> OneEvent<'a> {
+    fn new(event: &'a sirenia_core::NewEvent) -> Self {
+        OneEvent {
+            id: *event.id.as_uuid(),
+            event_type: &event.event_type,
+            version: i32::from(event.schema_version),
+            content_type: &event.content_type,
+            json: storable_json(&event.content_type, &event.data),
+            raw: &event.data,
+            metadata: metadata_json(&event.metadata),
+        }
+    }
+
+    /// Parameter 7: the payload, as JSON text for `data` or as bytes for `data_bytes`.
+    fn payload(&self) -> &(dyn tokio_postgres::types::ToSql + Sync) {
+        match &self.json {
+            Some(text) => text,
+            None => &self.raw,
+        }
+    }
+
+    /// Which statement of a shape's four takes these columns, and how many parameters it has
+    /// (parameter 8, the metadata, only when there is some).
+    fn columns(&self) -> (usize, usize) {
+        match (self.json.is_some(), self.metadata.is_some()) {
+            (true, false) => (0, 7),
+            (true, true) => (1, 8),
+            (false, false) => (2, 7),
+            (false, true) => (3, 8),
+        }
     }
 }
 
@@ -977,26 +1020,30 @@ impl PostgresStore {
         };
         let second: &(dyn tokio_postgres::types::ToSql + Sync) =
             if index == 2 { &kind } else { &revision };
+        let stream = write.stream.as_str();
         // Parameters 3 to 9: the event's columns (one event), or arrays of them.
-        let columns = EventColumns::new(write.events.iter(), write.events.len());
-        let common: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
-            [&write.stream.as_str(), second];
-        let (statement, params) = if count == 1 {
-            (
-                &sql.append_one[index],
-                [&common[..], &columns.row(0)[..]].concat(),
-            )
+        let rows = if let [event] = write.events.as_slice() {
+            let one = OneEvent::new(event);
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+                &stream,
+                second,
+                &one.id,
+                &one.event_type,
+                &one.version,
+                &one.content_type,
+                one.payload(),
+                &one.metadata,
+            ];
+            let (columns, used) = one.columns();
+            Self::query_as(client, &sql.append_one[index][columns], &params[..used]).await
         } else {
-            (
-                &sql.append_batch[index],
-                [&common[..], &columns.arrays()[..]].concat(),
-            )
+            let columns = EventColumns::new(write.events.iter(), write.events.len());
+            let [a, b, c, d, e, f, g] = columns.arrays();
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] =
+                [&stream, second, a, b, c, d, e, f, g];
+            Self::query_as(client, &sql.append_batch[index], &params).await
         };
-        let statement = client
-            .prepare_cached(statement)
-            .await
-            .map_err(|e| CallError::Store(pg_error(e)))?;
-        let rows = match client.query(&statement, &params).await {
+        let rows = match rows {
             Ok(rows) => rows,
             Err(e) => {
                 let e = classify_error(e);
@@ -1027,6 +1074,16 @@ impl PostgresStore {
                 last_position: Some(Position(base + count - 1)),
             }],
         })
+    }
+
+    /// Runs `sql` (prepared once per connection) with `params`.
+    async fn query_as(
+        client: &impl GenericClient,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let statement = client.prepare_cached(sql).await?;
+        client.query(&statement, params).await
     }
 
     /// The version this process last saw `stream` reach (a lower bound of its version:
@@ -1158,7 +1215,6 @@ impl PostgresStore {
         writes: &[StreamWrite],
         guard: Guard,
     ) -> Result<AppendResult, StoreError> {
-        let all: Vec<&StreamWrite> = writes.iter().collect();
         let first = match (writes, guard) {
             ([one], Guard::None) if !one.events.is_empty() => self.call_one(client, one).await,
             _ => Err(CallError::Recheck),
@@ -1166,6 +1222,7 @@ impl PostgresStore {
         let first = match first {
             Err(CallError::Recheck | CallError::Raced) => {
                 self.shared.by_function.fetch_add(1, Ordering::Relaxed);
+                let all: Vec<&StreamWrite> = writes.iter().collect();
                 self.guarded_call(client, &all, guard).await
             }
             other => {

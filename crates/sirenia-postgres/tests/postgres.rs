@@ -16,8 +16,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use sirenia_core::{
-    Aggregate, CommandError, DomainEvent, EventId, EventStore, ExpectedVersion, NewEvent, ReadAll,
-    ReadStream, Repository, StoreError, StreamId, StreamWrite, Subscribe, SubscriptionItem,
+    Aggregate, CommandError, DomainEvent, EventId, EventStore, ExpectedVersion, JSON_CONTENT_TYPE,
+    Metadata, NewEvent, ReadAll, ReadStream, Repository, StoreError, StreamId, StreamWrite,
+    Subscribe, SubscriptionItem,
 };
 use sirenia_postgres::{PostgresOptions, PostgresStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -614,6 +615,86 @@ async fn appends_take_one_statement_when_they_can() {
         2,
         "a refusal and a multi-stream append"
     );
+}
+
+/// A single event takes one of twelve statements: by what the store knows of the stream (the
+/// version it remembers, an expected version to check, or nothing) and by the columns the event
+/// fills (a JSON or a bytes payload, with or without metadata). Each stores every column as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_event_appends_store_every_column_in_every_statement_shape() {
+    let (_guard, a, b) = two_pools().await;
+    let (c, d) = (another_pool(&a).await, another_pool(&a).await);
+    let metadata = Metadata::default()
+        .with_correlation_id("corr-1")
+        .with("user", json!({"id": 7}));
+    let kinds = [
+        NewEvent::json("Json", &json!({"a": [1, {"b": "c"}]})).with_schema_version(3),
+        NewEvent::json("JsonMeta", &json!({"n": 1.5})).with_metadata(metadata.clone()),
+        NewEvent::raw("Bytes", "application/octet-stream", vec![0u8, 255, 10]),
+        NewEvent::raw("BytesMeta", "application/octet-stream", vec![1u8, 2])
+            .with_schema_version(2)
+            .with_metadata(metadata.clone()),
+        // JSON that jsonb refuses keeps its bytes.
+        NewEvent::raw("Surrogate", JSON_CONTENT_TYPE, br#""\ud800""#.to_vec())
+            .with_metadata(metadata.clone()),
+    ];
+    for (k, kind) in kinds.iter().enumerate() {
+        let s = StreamId::new(format!("columns-{k}")).unwrap();
+        // Known (0, then remembered), checked by a pool that remembers nothing of the stream,
+        // then computed by two more such pools.
+        let steps = [
+            (&a, ExpectedVersion::NoStream),
+            (&a, ExpectedVersion::Any),
+            (&b, ExpectedVersion::Exact(2)),
+            (&c, ExpectedVersion::Any),
+            (&d, ExpectedVersion::StreamExists),
+        ];
+        let mut sent = Vec::new();
+        for (revision, (store, expected)) in steps.into_iter().enumerate() {
+            let event = kind.clone().with_id(EventId::new());
+            let result = store
+                .append(vec![StreamWrite::new(
+                    s.clone(),
+                    expected,
+                    vec![event.clone()],
+                )])
+                .await
+                .unwrap();
+            assert_eq!(result.streams[0].first_revision, revision as u64);
+            sent.push(event);
+        }
+        let stored: Vec<_> = a
+            .read_stream(&s, ReadStream::forward())
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), sent.len());
+        for (sent, stored) in sent.iter().zip(&stored) {
+            assert_eq!(
+                (&stored.id, &stored.event_type, stored.schema_version),
+                (&sent.id, &sent.event_type, sent.schema_version)
+            );
+            assert_eq!(
+                stored.content_type, sent.content_type,
+                "{}",
+                sent.event_type
+            );
+            assert_eq!(stored.metadata, sent.metadata, "{}", sent.event_type);
+            match serde_json::from_slice::<serde_json::Value>(&sent.data) {
+                Ok(value) if sent.content_type == JSON_CONTENT_TYPE => {
+                    assert_eq!(stored.json().unwrap(), value, "{}", sent.event_type);
+                }
+                _ => assert_eq!(stored.data, sent.data, "{}", sent.event_type),
+            }
+        }
+    }
+    for store in [&a, &b, &c, &d] {
+        assert_eq!(
+            store.append_paths().by_function,
+            0,
+            "every append took its one statement"
+        );
+    }
 }
 
 /// A store on `schema` that only notifications can wake: its poll interval is an hour.
