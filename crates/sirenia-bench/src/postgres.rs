@@ -26,7 +26,7 @@ const STREAMS_PER_WRITER: usize = 100;
 
 /// S1's rounds: raw and Sirenia alternate, each running this many times for a fraction of the
 /// scenario's duration.
-const S1_ROUNDS: u32 = 5;
+const S1_ROUNDS: u32 = 20;
 
 /// The same row shape as the store's events table, for the raw baseline.
 fn raw_schema(schema: &str) -> String {
@@ -170,8 +170,12 @@ pub(crate) async fn sirenia_appends<S: sirenia_core::EventStore>(
         tasks.push(tokio::spawn(async move {
             let mut latency = histogram();
             let (mut events, mut i) = (0u64, 0usize);
+            // Named before the clock starts, as the raw writers' streams are.
+            let streams = (0..STREAMS_PER_WRITER)
+                .map(|s| StreamId::new(format!("bench{w}-{s}")))
+                .collect::<Result<Vec<_>, _>>()?;
             while Instant::now() < deadline {
-                let stream = StreamId::new(format!("bench{w}-{}", i % STREAMS_PER_WRITER))?;
+                let stream = streams[i % STREAMS_PER_WRITER].clone();
                 let batch: Vec<NewEvent> = (0..batch)
                     .map(|_| template.clone().with_id(sirenia_core::EventId::new()))
                     .collect();
