@@ -11,7 +11,7 @@ use tokio_postgres::NoTls;
 
 use crate::Scale;
 use crate::report::{
-    BenchResult, Goal, Measurement, Row, collect, histogram, record, reset_peak_rss,
+    BenchResult, Goal, Measurement, Row, collect, histogram, peak_rss, record, reset_peak_rss,
 };
 
 fn url() -> String {
@@ -56,19 +56,31 @@ async fn raw_inserts(
     batch: usize,
     duration: Duration,
 ) -> BenchResult<Measurement> {
-    raw_inserts_shaped(schema, connections, batch, duration, false).await
+    let writers = raw_writers(schema, connections, batch, false).await?;
+    Ok(run_raw(writers, duration).await?.1)
 }
 
-/// [`raw_inserts`]; with `returning`, single rows as the store's one-statement append writes
-/// them: the position from the transaction id, and `RETURNING revision, position` (what the
-/// port hands back), read from the reply.
-async fn raw_inserts_shaped(
+/// One raw writer: its connection with the statement prepared, and its streams with their next
+/// revisions. S1 keeps them across its rounds, as the store keeps its pool and its streams.
+struct RawWriter {
+    client: tokio_postgres::Client,
+    statement: tokio_postgres::Statement,
+    returning: bool,
+    batch: usize,
+    streams: Vec<String>,
+    next: Vec<i64>,
+    turn: usize,
+}
+
+/// `connections` raw writers inserting `batch` rows per statement; with `returning`, single
+/// rows as the store's one-statement append writes them: the position from the transaction id,
+/// and `RETURNING revision, position` (what the port hands back), read from the reply.
+async fn raw_writers(
     schema: &str,
     connections: usize,
     batch: usize,
-    duration: Duration,
     returning: bool,
-) -> BenchResult<Measurement> {
+) -> BenchResult<Vec<RawWriter>> {
     let mut values = String::new();
     for r in 0..batch {
         let b = r * 4;
@@ -99,57 +111,85 @@ async fn raw_inserts_shaped(
              schema_version, content_type, data) VALUES {values}"
         )
     };
-    // Connected and prepared before the clock starts, as the store's pool is.
-    let mut clients = Vec::with_capacity(connections);
-    for _ in 0..connections {
+    // Connected and prepared before the clock starts, as the store's pool is; each writes
+    // the rows Sirenia's appends make: round-robin over its own 100 streams, each statement's
+    // rows at the next revisions of one of them.
+    let run = Uuid::now_v7().simple();
+    let mut writers = Vec::with_capacity(connections);
+    for c in 0..connections {
         let client = connect().await?;
         let statement = client.prepare(&sql).await?;
-        clients.push((client, statement));
+        writers.push(RawWriter {
+            client,
+            statement,
+            returning,
+            batch,
+            streams: (0..STREAMS_PER_WRITER)
+                .map(|s| format!("raw{c}-{run}{}-{s}", u8::from(returning)))
+                .collect(),
+            next: vec![0i64; STREAMS_PER_WRITER],
+            turn: 0,
+        });
     }
+    Ok(writers)
+}
+
+/// Runs `writers` for `duration`, handing them back for another round.
+async fn run_raw(
+    writers: Vec<RawWriter>,
+    duration: Duration,
+) -> BenchResult<(Vec<RawWriter>, Measurement)> {
     reset_peak_rss();
     let start = Instant::now();
     let deadline = start + duration;
-    let mut tasks: Vec<tokio::task::JoinHandle<crate::report::TaskResult>> = Vec::new();
-    for (c, (client, statement)) in clients.into_iter().enumerate() {
+    let mut tasks = Vec::with_capacity(writers.len());
+    for mut w in writers {
         tasks.push(tokio::spawn(async move {
             let mut latency = histogram();
             let mut events = 0u64;
-            // The rows Sirenia's appends make: round-robin over the writer's own 100 streams,
-            // each statement's rows at the next revisions of one of them.
-            let run = Uuid::now_v7().simple();
-            let streams: Vec<String> = (0..STREAMS_PER_WRITER)
-                .map(|s| format!("raw{c}-{run}-{s}"))
-                .collect();
-            let mut next = vec![0i64; STREAMS_PER_WRITER];
             let payload = PAYLOAD.to_owned();
-            let mut i = 0usize;
             while Instant::now() < deadline {
-                let s = i % STREAMS_PER_WRITER;
-                let ids: Vec<Uuid> = (0..batch).map(|_| Uuid::now_v7()).collect();
-                let revisions: Vec<i64> = (0..batch as i64).map(|r| next[s] + r).collect();
+                let s = w.turn % STREAMS_PER_WRITER;
+                let ids: Vec<Uuid> = (0..w.batch).map(|_| Uuid::now_v7()).collect();
+                let revisions: Vec<i64> = (0..w.batch as i64).map(|r| w.next[s] + r).collect();
                 let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
-                for r in 0..batch {
-                    params.push(&streams[s]);
+                for r in 0..w.batch {
+                    params.push(&w.streams[s]);
                     params.push(&revisions[r]);
                     params.push(&ids[r]);
                     params.push(&payload);
                 }
                 let t0 = Instant::now();
-                if returning {
-                    let row = client.query_one(&statement, &params).await?;
+                if w.returning {
+                    let row = w.client.query_one(&w.statement, &params).await?;
                     let _: (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
                 } else {
-                    client.execute(&statement, &params).await?;
+                    w.client.execute(&w.statement, &params).await?;
                 }
                 record(&mut latency, t0)?;
-                next[s] += batch as i64;
-                events += batch as u64;
-                i += 1;
+                w.next[s] += w.batch as i64;
+                events += w.batch as u64;
+                w.turn += 1;
             }
-            Ok((events, latency))
+            BenchResult::Ok((w, events, latency))
         }));
     }
-    collect(start, tasks).await
+    let mut latency = histogram();
+    let mut events = 0;
+    let mut writers = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let (w, n, h) = task.await??;
+        writers.push(w);
+        events += n;
+        latency.add(&h)?;
+    }
+    let m = Measurement {
+        events,
+        elapsed: start.elapsed(),
+        latency: Some(latency),
+        peak_rss: peak_rss(),
+    };
+    Ok((writers, m))
 }
 
 /// Sirenia: `writers` tasks appending `batch`-event appends to their own 100 streams (`Any`)
@@ -346,15 +386,23 @@ pub(crate) async fn run(
                 // machine's drift over the run falls on both alike.
                 let round = scale.duration / S1_ROUNDS;
                 let (mut raw_total, mut ours_total, mut shaped_total) = (None, None, None);
+                let mut plain = raw_writers(&raw, connections, 1, false).await?;
+                // With one writer, also the store's statement shape through a raw client: how
+                // much of the gap is the statement, and how much the store.
+                let mut shaped = if connections == 1 {
+                    raw_writers(&raw, connections, 1, true).await?
+                } else {
+                    Vec::new()
+                };
                 for _ in 0..S1_ROUNDS {
-                    let m = raw_inserts(&raw, connections, 1, round).await?;
+                    let (writers, m) = run_raw(plain, round).await?;
+                    plain = writers;
                     Measurement::accumulate(&mut raw_total, m)?;
                     let m = sirenia_appends(&store, connections, 1, round).await?;
                     Measurement::accumulate(&mut ours_total, m)?;
-                    // With one writer, also the store's statement shape through a raw client:
-                    // how much of the gap is the statement, and how much the store.
-                    if connections == 1 {
-                        let m = raw_inserts_shaped(&raw, connections, 1, round, true).await?;
+                    if !shaped.is_empty() {
+                        let (writers, m) = run_raw(shaped, round).await?;
+                        shaped = writers;
                         Measurement::accumulate(&mut shaped_total, m)?;
                     }
                 }
