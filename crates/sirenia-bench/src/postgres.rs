@@ -11,7 +11,7 @@ use tokio_postgres::NoTls;
 
 use crate::Scale;
 use crate::report::{
-    BenchResult, Goal, Measurement, Row, collect, histogram, peak_rss, record, reset_peak_rss,
+    BenchResult, Goal, Measurement, Row, collect, histogram, record, reset_peak_rss,
 };
 
 fn url() -> String {
@@ -125,7 +125,7 @@ async fn raw_writers(
             returning,
             batch,
             streams: (0..STREAMS_PER_WRITER)
-                .map(|s| format!("raw{c}-{run}{}-{s}", u8::from(returning)))
+                .map(|s| format!("raw{c}-{run}-{s}"))
                 .collect(),
             next: vec![0i64; STREAMS_PER_WRITER],
             turn: 0,
@@ -142,7 +142,8 @@ async fn run_raw(
     reset_peak_rss();
     let start = Instant::now();
     let deadline = start + duration;
-    let mut tasks = Vec::with_capacity(writers.len());
+    let mut tasks: Vec<tokio::task::JoinHandle<crate::report::TaskResult<RawWriter>>> =
+        Vec::with_capacity(writers.len());
     for mut w in writers {
         tasks.push(tokio::spawn(async move {
             let mut latency = histogram();
@@ -171,25 +172,10 @@ async fn run_raw(
                 events += w.batch as u64;
                 w.turn += 1;
             }
-            BenchResult::Ok((w, events, latency))
+            Ok((w, events, latency))
         }));
     }
-    let mut latency = histogram();
-    let mut events = 0;
-    let mut writers = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        let (w, n, h) = task.await??;
-        writers.push(w);
-        events += n;
-        latency.add(&h)?;
-    }
-    let m = Measurement {
-        events,
-        elapsed: start.elapsed(),
-        latency: Some(latency),
-        peak_rss: peak_rss(),
-    };
-    Ok((writers, m))
+    collect(start, tasks).await
 }
 
 /// Sirenia: `writers` tasks appending `batch`-event appends to their own 100 streams (`Any`)
@@ -228,10 +214,10 @@ pub(crate) async fn sirenia_appends<S: sirenia_core::EventStore>(
                 events += n;
                 i += 1;
             }
-            Ok((events, latency))
+            Ok(((), events, latency))
         }));
     }
-    collect(start, tasks).await
+    Ok(collect(start, tasks).await?.1)
 }
 
 /// pgbench running the raw single-row INSERT, if pgbench is installed: transactions/s.

@@ -8,8 +8,9 @@ use hdrhistogram::Histogram;
 /// What a scenario returns.
 pub(crate) type BenchResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
-/// What one timed task measured: events written and per-operation latency.
-pub(crate) type TaskResult = BenchResult<(u64, Histogram<u64>)>;
+/// What one timed task hands back (`()`, or a writer for the next round) and measured: events
+/// written and per-operation latency.
+pub(crate) type TaskResult<T = ()> = BenchResult<(T, u64, Histogram<u64>)>;
 
 /// Records the time since `since` in `latency`, in microseconds.
 pub(crate) fn record(latency: &mut Histogram<u64>, since: Instant) -> BenchResult<()> {
@@ -74,24 +75,28 @@ pub(crate) async fn live_writers<S: sirenia_core::EventStore>(
     Ok(total)
 }
 
-/// Waits for timed tasks started at `start` and merges what they measured.
-pub(crate) async fn collect(
+/// Waits for timed tasks started at `start` and merges what they measured; returns what they
+/// handed back, in task order.
+pub(crate) async fn collect<T>(
     start: Instant,
-    tasks: Vec<tokio::task::JoinHandle<TaskResult>>,
-) -> BenchResult<Measurement> {
+    tasks: Vec<tokio::task::JoinHandle<TaskResult<T>>>,
+) -> BenchResult<(Vec<T>, Measurement)> {
     let mut latency = histogram();
     let mut events = 0;
+    let mut handed = Vec::with_capacity(tasks.len());
     for task in tasks {
-        let (n, h) = task.await??;
+        let (back, n, h) = task.await??;
+        handed.push(back);
         events += n;
         latency.add(&h)?;
     }
-    Ok(Measurement {
+    let m = Measurement {
         events,
         elapsed: start.elapsed(),
         latency: Some(latency),
         peak_rss: peak_rss(),
-    })
+    };
+    Ok((handed, m))
 }
 
 /// One measured run of one subject (Sirenia, a baseline) in one scenario.

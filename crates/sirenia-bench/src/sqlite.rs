@@ -187,10 +187,10 @@ async fn sirenia_writes(
                 events += n;
                 i += 1;
             }
-            Ok((events, latency))
+            Ok(((), events, latency))
         }));
     }
-    collect(start, tasks).await
+    Ok(collect(start, tasks).await?.1)
 }
 
 /// Plain SQLite reading every row into owned values, as a store must.
