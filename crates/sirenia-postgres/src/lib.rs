@@ -619,9 +619,10 @@ fn decode(row: &Row) -> Result<RecordedEvent, StoreError> {
             .map_err(|_| corrupt("schema version", schema_version))?,
         content_type: row.get(6),
         data: match (json, raw) {
-            (Some(text), _) => Bytes::from(text.into_bytes()),
+            (Some(text), None) => Bytes::from(text.into_bytes()),
             (None, Some(bytes)) => Bytes::from(bytes),
             (None, None) => return Err(corrupt("event", "no payload")),
+            (Some(_), Some(_)) => return Err(corrupt("event", "two payloads")),
         },
         metadata: match metadata {
             Some(text) => serde_json::from_str(&text).map_err(|e| corrupt("metadata", e))?,

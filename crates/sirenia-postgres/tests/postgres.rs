@@ -697,6 +697,129 @@ async fn single_event_appends_store_every_column_in_every_statement_shape() {
     }
 }
 
+/// The log has no CHECK constraint (a per-statement cost): every way the store writes fills
+/// exactly one payload column, and a row written otherwise by hand reads as corrupt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_fills_one_payload_column_and_reads_refuse_rows_that_do_not() {
+    let guarded = common::fresh_store().await;
+    let store = guarded.store();
+    let json_event = || NewEvent::json("Json", &json!({"a": 1}));
+    let bytes_event = || NewEvent::raw("Bytes", "application/octet-stream", vec![1u8, 2]);
+    let stream = |name: &str| StreamId::new(name).unwrap();
+    // One statement: one event of each kind, then a batch of both.
+    for (name, events) in [
+        ("one-json", vec![json_event()]),
+        ("one-bytes", vec![bytes_event()]),
+        ("batch", vec![json_event(), bytes_event(), json_event()]),
+    ] {
+        store
+            .append(vec![StreamWrite::new(
+                stream(name),
+                ExpectedVersion::Any,
+                events,
+            )])
+            .await
+            .unwrap();
+    }
+    // The append function: two streams at once, and inside a caller's transaction.
+    store
+        .append(vec![
+            StreamWrite::new(stream("multi-a"), ExpectedVersion::Any, vec![bytes_event()]),
+            StreamWrite::new(stream("multi-b"), ExpectedVersion::Any, vec![json_event()]),
+        ])
+        .await
+        .unwrap();
+    let mut client = store.client().await.unwrap();
+    let mut tx = client.transaction().await.unwrap();
+    store
+        .append_in_transaction(
+            &mut tx,
+            vec![StreamWrite::new(
+                stream("in-tx"),
+                ExpectedVersion::NoStream,
+                vec![json_event(), bytes_event()],
+            )],
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // A fence, and a stream recreated through it.
+    store
+        .delete_stream(&stream("one-json"), ExpectedVersion::Any)
+        .await
+        .unwrap();
+    store
+        .tombstone_stream(&stream("one-bytes"), ExpectedVersion::Any)
+        .await
+        .unwrap();
+    store
+        .append(vec![StreamWrite::new(
+            stream("one-json"),
+            ExpectedVersion::Any,
+            vec![bytes_event()],
+        )])
+        .await
+        .unwrap();
+    let s = format!("\"{}\"", store.schema());
+    let constraints: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = ($1 || '.events')::regclass \
+             AND contype = 'c'",
+            &[&s],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(constraints, 0, "migration 5 dropped the CHECK constraint");
+    let (rows, bad): (i64, i64) = {
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT count(*), count(*) FILTER (WHERE (data IS NULL) = \
+                     (data_bytes IS NULL)) FROM {s}.events"
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    // Ten events, and the tombstone's fence (the deleted stream's gave way to its new event).
+    assert_eq!((rows, bad), (11, 0), "every row has exactly one payload");
+    // Rows written by hand with both payloads or none.
+    for (name, json, bytes) in [
+        ("both", Some(json!({"a": 1})), Some(vec![1u8])),
+        ("none", None, None),
+    ] {
+        let id = EventId::new();
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {s}.events (position, stream_id, revision, event_id, \
+                     event_type, schema_version, content_type, data, data_bytes) \
+                     VALUES (pg_current_xact_id()::text::bigint * 1048576, $1, 0, $2, 'E', 1, \
+                     'application/json', $3, $4)"
+                ),
+                &[&name, id.as_uuid(), &json, &bytes],
+            )
+            .await
+            .unwrap();
+        let read: Result<Vec<_>, _> = store
+            .read_stream(&stream(name), ReadStream::forward())
+            .try_collect()
+            .await;
+        assert!(
+            matches!(read, Err(StoreError::Corrupt { .. })),
+            "{name}: {read:?}"
+        );
+        let by_id = store.event_by_id(id).await;
+        assert!(
+            matches!(by_id, Err(StoreError::Corrupt { .. })),
+            "{name}: {by_id:?}"
+        );
+    }
+}
+
 /// A store on `schema` that only notifications can wake: its poll interval is an hour.
 async fn woken_only_by_notifications(schema: &str) -> PostgresStore {
     let options = PostgresOptions {
