@@ -1022,7 +1022,8 @@ impl PostgresStore {
         let second: &(dyn tokio_postgres::types::ToSql + Sync) =
             if index == 2 { &kind } else { &revision };
         let stream = write.stream.as_str();
-        // Parameters 3 to 9: the event's columns (one event), or arrays of them.
+        // Parameters 3 on: the event's columns (one event: 7 or 8 in all, see `OneEvent::columns`),
+        // or arrays of them (9 in all).
         let rows = if let [event] = write.events.as_slice() {
             let one = OneEvent::new(event);
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
