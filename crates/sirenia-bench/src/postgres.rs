@@ -501,7 +501,7 @@ pub(crate) async fn run(
         // S6: load a 10,000-event aggregate, replaying every event and from a snapshot taken
         // every 100 events.
         if keep("S6 postgres") {
-            let snapshots = Arc::new(store.snapshots());
+            let snapshots = sirenia_core::StoreAdmin::snapshots(&store);
             rows.extend(
                 crate::snapshot_bench::s6_rows(store.clone(), snapshots, "postgres").await?,
             );

@@ -426,7 +426,7 @@ pub(crate) async fn run(
     // 100 events.
     if keep("S6") {
         let store = SqliteStore::open(fresh("s6")).await?;
-        let snapshots = Arc::new(store.snapshots());
+        let snapshots = sirenia_core::StoreAdmin::snapshots(&store);
         rows.extend(crate::snapshot_bench::s6_rows(store, snapshots, "sqlite").await?);
     }
 

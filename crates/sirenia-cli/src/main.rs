@@ -29,14 +29,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sirenia::postgres::{PostgresOptions, PostgresStore};
 use sirenia::projection::ProjectionRequest;
-use sirenia::sqlite::SqliteOptions;
 use sirenia::store::import_batches;
 use sirenia::{
-    AnyStore, EventFilter, EventStore, ExpectedVersion, ReadAll, ReadStream, RecordedEvent,
-    SqliteStore, StoreError, StreamChange, StreamId, StreamStatus, Subscribe, SubscriptionItem,
-    Upcasters, is_postgres_url,
+    AnyStore, EventFilter, EventStore, ExpectedVersion, OpenOptions, ReadAll, ReadStream,
+    RecordedEvent, StoreAdmin, StoreError, StreamChange, StreamId, StreamStatus, Subscribe,
+    SubscriptionItem, Upcasters, is_postgres_url,
 };
 
 use crate::line::Line;
@@ -273,26 +271,15 @@ enum Access {
 }
 
 async fn open(location: &str, schema: &str, access: Access) -> Result<AnyStore, CliError> {
-    if is_postgres_url(location) {
-        let options = PostgresOptions {
-            schema: schema.to_owned(),
-            ..PostgresOptions::default()
-        };
-        return Ok(AnyStore::from(
-            PostgresStore::connect_with(location, options).await?,
-        ));
+    let read_only = access == Access::Read;
+    if read_only && !is_postgres_url(location) && !Path::new(location).exists() {
+        return Err(CliError::NoStoreAt(location.to_owned()));
     }
-    match access {
-        Access::Write => Ok(AnyStore::open(location).await?),
-        Access::Read => {
-            if !Path::new(location).exists() {
-                return Err(CliError::NoStoreAt(location.to_owned()));
-            }
-            Ok(AnyStore::from(
-                SqliteStore::open_read_only(location, SqliteOptions::default()).await?,
-            ))
-        }
-    }
+    let options = OpenOptions {
+        read_only,
+        postgres_schema: Some(schema.to_owned()),
+    };
+    Ok(AnyStore::open_with(location, options).await?)
 }
 
 /// A progress bar on stderr when it is a terminal; hidden otherwise.

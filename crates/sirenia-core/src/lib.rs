@@ -84,6 +84,7 @@
 //!   position it has already seen.
 //! - Reads and subscriptions are paged streams: memory is bounded by one page.
 
+pub mod admin;
 pub mod aggregate;
 pub mod codec;
 pub mod error;
@@ -92,13 +93,17 @@ pub mod id;
 pub mod lifecycle;
 pub mod limits;
 pub mod memory;
+mod memory_admin;
 mod paging;
 pub mod process;
 pub mod projection;
 pub mod snapshot;
 pub mod store;
+pub mod transactional;
 pub mod upcasting;
+pub mod wrapper;
 
+pub use admin::{Capabilities, Document, StoreAdmin};
 pub use aggregate::{Aggregate, CommandContext, Executed, Loaded, Repository, RetryBackoff};
 pub use codec::{DomainEvent, EncodedEvent, Envelope, JsonCodec, RawEvent, Upcasters};
 pub use error::{
@@ -109,9 +114,11 @@ pub use event::{JSON_CONTENT_TYPE, Metadata, NewEvent, RecordedEvent};
 pub use id::{EventId, ExpectedVersion, Position, StreamId, Timestamp};
 pub use lifecycle::{StreamChange, StreamInfo, StreamStatus};
 pub use memory::InMemoryStore;
+pub use memory_admin::MemoryBackend;
 pub use store::{
     AllPage, AppendResult, Direction, EventFilter, EventStore, EventStream, ReadAll, ReadStream,
     StreamAppended, StreamWrite, Subscribe, Subscription, SubscriptionItem,
 };
 
 pub use uuid::Uuid;
+pub use wrapper::StoreWrapper;

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
+use crate::admin::Capabilities;
 use crate::error::StoreError;
 use crate::event::RecordedEvent;
 use crate::id::{EventId, Position, StreamId, Timestamp};
@@ -45,6 +46,8 @@ pub struct InMemoryStore {
 struct Shared {
     state: Mutex<State>,
     head: watch::Sender<Position>,
+    /// Projections' records, read-model versions and documents (the admin port).
+    admin: Arc<crate::memory_admin::MemoryRecords>,
 }
 
 #[derive(Default)]
@@ -94,6 +97,7 @@ impl InMemoryStore {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
                 head,
+                admin: Arc::default(),
             }),
         }
     }
@@ -104,9 +108,30 @@ impl InMemoryStore {
         })
     }
 
+    pub(crate) fn admin_records(&self) -> &Arc<crate::memory_admin::MemoryRecords> {
+        &self.shared.admin
+    }
+
+    /// Appends `writes`; with `stamps` (an import), new events take those `recorded_at` (one
+    /// per event across the writes, in order) instead of the store clock.
+    pub(crate) fn append_stamped(
+        &self,
+        writes: Vec<StreamWrite>,
+        stamps: Option<&[Timestamp]>,
+    ) -> Result<AppendResult, StoreError> {
+        let (result, head) = {
+            let mut state = self.lock()?;
+            let result = Self::append_locked(&mut state, writes, stamps)?;
+            (result, Position(state.log.len() as u64))
+        };
+        self.shared.head.send_replace(head);
+        Ok(result)
+    }
+
     fn append_locked(
         state: &mut State,
         writes: Vec<StreamWrite>,
+        stamps: Option<&[Timestamp]>,
     ) -> Result<AppendResult, StoreError> {
         // First decide every write, writing nothing, so a failure leaves no trace.
         let mut dispositions = Vec::with_capacity(writes.len());
@@ -135,7 +160,11 @@ impl InMemoryStore {
         let now = Timestamp::now().max(state.clock);
         state.clock = now;
         let mut results = Vec::with_capacity(writes.len());
+        // Index of the next write's first event across the request (for `stamps`).
+        let mut stamp_index = 0usize;
         for (write, disposition) in writes.into_iter().zip(dispositions) {
+            let first_stamp = stamp_index;
+            stamp_index += write.events.len();
             if let WriteDisposition::Repeat(original) = disposition {
                 results.push(original);
                 continue;
@@ -155,12 +184,15 @@ impl InMemoryStore {
                     .entry(write.stream.clone())
                     .or_default()
                     .push(index);
+                let recorded_at = stamps
+                    .and_then(|s| s.get(first_stamp + i).copied())
+                    .unwrap_or(now);
                 state.log.push(RecordedEvent::from_new(
                     event,
                     write.stream.clone(),
                     first_revision + i as u64,
                     position,
-                    now,
+                    recorded_at,
                 ));
             }
             let last_position = Position(state.log.len() as u64);
@@ -185,13 +217,7 @@ impl InMemoryStore {
 impl EventStore for InMemoryStore {
     async fn append(&self, writes: Vec<StreamWrite>) -> Result<AppendResult, StoreError> {
         validate_append(&writes)?;
-        let (result, head) = {
-            let mut state = self.lock()?;
-            let result = Self::append_locked(&mut state, writes)?;
-            (result, Position(state.log.len() as u64))
-        };
-        self.shared.head.send_replace(head);
-        Ok(result)
+        self.append_stamped(writes, None)
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
@@ -231,8 +257,13 @@ impl EventStore for InMemoryStore {
         Ok(Position(self.lock()?.log.len() as u64))
     }
 
-    fn dense_positions(&self) -> bool {
-        true
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            dense_positions: true,
+            transactional_projections: true,
+            import_with_timestamps: true,
+            ..Capabilities::NONE
+        }
     }
 
     async fn read_stream_page(

@@ -851,6 +851,29 @@ pub trait Handler: Send + 'static {
         &mut self,
         event: &RecordedEvent,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Applies a page of events in order (by default one [`handle`](Handler::handle) after
+    /// the other). A sink that can pipeline (publish a page, then wait for every
+    /// acknowledgement) overrides it. [`ApplyError::Handler`] names the first event that
+    /// failed (those before it count as applied); [`ApplyError::Store`] says the sink is
+    /// unavailable, and the whole page is handed over again after a back-off.
+    fn handle_batch(
+        &mut self,
+        events: &[RecordedEvent],
+    ) -> impl Future<Output = Result<(), ApplyError>> + Send {
+        async move {
+            for (index, event) in events.iter().enumerate() {
+                self.handle(event)
+                    .await
+                    .map_err(|error| ApplyError::Handler {
+                        index,
+                        error,
+                        prefix_committed: false,
+                    })?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Durable checkpoints, fault records and parked events, without a read model: what
@@ -921,20 +944,24 @@ impl<H: Handler, C: CheckpointStore> ProjectionTarget for AtLeastOnce<H, C> {
     }
 
     async fn apply(&mut self, batch: EventBatch, next: Position) -> Result<(), ApplyError> {
-        for (index, event) in batch.events().iter().enumerate() {
-            if let Err(error) = self.handler.handle(event).await {
+        let events = batch.events();
+        match self.handler.handle_batch(events).await {
+            Ok(()) => Ok(self.checkpoints.save(&self.name, next).await?),
+            Err(ApplyError::Handler { index, error, .. }) => {
                 // What was handled before it is kept: store the checkpoint up to it.
-                if index > 0 {
-                    self.checkpoints.save(&self.name, event.position).await?;
+                if let Some(failed) = events.get(index)
+                    && index > 0
+                {
+                    self.checkpoints.save(&self.name, failed.position).await?;
                 }
-                return Err(ApplyError::Handler {
+                Err(ApplyError::Handler {
                     index,
                     error,
                     prefix_committed: true,
-                });
+                })
             }
+            Err(ApplyError::Store(e)) => Err(ApplyError::Store(e)),
         }
-        Ok(self.checkpoints.save(&self.name, next).await?)
     }
 
     async fn park(&mut self, failed: &FailedEvent, next: Position) -> Result<(), StoreError> {

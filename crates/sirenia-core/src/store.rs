@@ -13,6 +13,7 @@ use std::pin::Pin;
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 
+use crate::admin::Capabilities;
 use crate::error::{ExistingEvent, InvalidAppend, Limit, StoreError};
 use crate::event::{NewEvent, RecordedEvent};
 use crate::id::{EventId, ExpectedVersion, Position, StreamId, Timestamp};
@@ -459,12 +460,19 @@ pub trait EventStore: Clone + Send + Sync + 'static {
         from: Position,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Whether every position from 1 to the head holds an event (no holes). Such a store lets
-    /// unfiltered reads of the global log fetch pages ahead concurrently, since a full page
-    /// from `p` of `n` events is followed by one at `p + n`. A wrong answer costs only wasted
-    /// fetches: reads check every page starts where the previous one ended.
+    /// What this store can do. Required, with no default, so that no store or wrapper can
+    /// forget to say it (a wrapper built on [`StoreWrapper`](crate::wrapper::StoreWrapper)
+    /// forwards the wrapped store's).
+    fn capabilities(&self) -> Capabilities;
+
+    /// Whether every position from 1 to the head holds an event (no holes):
+    /// [`Capabilities::dense_positions`]. Such a store lets unfiltered reads of the global log
+    /// fetch pages ahead concurrently, since a full page from `p` of `n` events is followed by
+    /// one at `p + n`. A wrong answer costs only wasted fetches: reads check every page starts
+    /// where the previous one ended. Answered from [`EventStore::capabilities`]; not meant to
+    /// be overridden.
     fn dense_positions(&self) -> bool {
-        false
+        self.capabilities().dense_positions
     }
 
     /// The events of `stream`, paged, with memory bounded by one page.

@@ -9,10 +9,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use sirenia_core::{
-    Aggregate, AllPage, AppendResult, CommandContext, CommandError, Direction, DomainEvent,
-    EventFilter, EventId, EventStore, ExpectedVersion, InMemoryStore, JsonCodec, NewEvent,
-    Position, RawEvent, ReadStream, RecordedEvent, Repository, StoreError, StreamId, StreamWrite,
-    Upcasters, Uuid,
+    Aggregate, AppendResult, CommandContext, CommandError, Direction, DomainEvent, EventId,
+    EventStore, ExpectedVersion, InMemoryStore, JsonCodec, NewEvent, RawEvent, ReadStream,
+    RecordedEvent, Repository, StoreError, StoreWrapper, StreamId, StreamWrite, Upcasters, Uuid,
 };
 
 #[derive(Default, Debug, Clone, PartialEq)]
@@ -98,8 +97,14 @@ impl Contended {
     }
 }
 
-impl EventStore for Contended {
-    async fn append(&self, writes: Vec<StreamWrite>) -> Result<AppendResult, StoreError> {
+impl StoreWrapper for Contended {
+    type Inner = InMemoryStore;
+
+    fn inner(&self) -> &InMemoryStore {
+        &self.inner
+    }
+
+    async fn wrap_append(&self, writes: Vec<StreamWrite>) -> Result<AppendResult, StoreError> {
         let take = self
             .interfere
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -132,31 +137,8 @@ impl EventStore for Contended {
         }
         self.inner.append(writes).await
     }
-    async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
-        self.inner.stream_version(stream).await
-    }
 
-    async fn stream_info(
-        &self,
-        stream: &StreamId,
-    ) -> Result<Option<sirenia_core::StreamInfo>, StoreError> {
-        self.inner.stream_info(stream).await
-    }
-
-    async fn change_stream(
-        &self,
-        stream: &StreamId,
-        change: sirenia_core::StreamChange,
-    ) -> Result<Option<sirenia_core::StreamInfo>, StoreError> {
-        self.inner.change_stream(stream, change).await
-    }
-    async fn event_by_id(&self, id: EventId) -> Result<Option<RecordedEvent>, StoreError> {
-        self.inner.event_by_id(id).await
-    }
-    async fn head_position(&self) -> Result<Position, StoreError> {
-        self.inner.head_position().await
-    }
-    async fn read_stream_page(
+    async fn wrap_read_stream_page(
         &self,
         stream: &StreamId,
         from: u64,
@@ -170,18 +152,6 @@ impl EventStore for Contended {
         self.inner
             .read_stream_page(stream, from, direction, max)
             .await
-    }
-    async fn read_all_page(
-        &self,
-        from: Position,
-        direction: Direction,
-        filter: &EventFilter,
-        max: usize,
-    ) -> Result<AllPage, StoreError> {
-        self.inner.read_all_page(from, direction, filter, max).await
-    }
-    async fn wait_for_events(&self, from: Position) -> Result<(), StoreError> {
-        self.inner.wait_for_events(from).await
     }
 }
 

@@ -1,7 +1,8 @@
 //! Sirenia and NATS JetStream: an outbox relay publishing committed events, and an inbound
 //! consumer turning integration events into local effects exactly once.
 //!
-//! **Outbox.** [`NatsOutbox`] is a projection target: run it in a
+//! **Outbox.** [`NatsOutbox`] is a projection target (the shared at-least-once path with a
+//! [`JetStreamPublisher`]): run it in a
 //! [`Projector`](sirenia_core::projection::Projector) with a filter, and every committed event
 //! the filter accepts is published to `<prefix>.<category>.<event type>` with headers for its
 //! id, stream, revision, position, type and correlation and causation ids. The message id
@@ -17,11 +18,12 @@
 //! redelivered otherwise.
 //!
 //! ```no_run
+//! use sirenia_core::StoreAdmin;
 //! use sirenia_core::projection::{ProjectionOptions, Projector};
-//! use sirenia_nats::{NatsOutbox, OutboxOptions};
+//! use sirenia_nats::OutboxOptions;
 //!
 //! # async fn run(store: sirenia_sqlite::SqliteStore) -> Result<(), Box<dyn std::error::Error>> {
-//! let outbox = NatsOutbox::connect(
+//! let outbox = sirenia_nats::outbox(
 //!     "nats://127.0.0.1:4222",
 //!     "outbox",
 //!     store.checkpoints(),
@@ -39,11 +41,8 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::pull, stream};
 use futures_util::StreamExt;
-use sirenia_core::projection::{
-    ApplyError, Checkpoint, CheckpointStore, EventBatch, FailedEvent, HandlerError,
-    ProjectionTarget,
-};
-use sirenia_core::{Position, RecordedEvent, StoreError};
+use sirenia_core::projection::{ApplyError, AtLeastOnce, CheckpointStore, Handler, HandlerError};
+use sirenia_core::{RecordedEvent, StoreError};
 use uuid::Uuid;
 
 /// Header: the event id (also the message id).
@@ -175,23 +174,17 @@ async fn connect(url: &str) -> Result<async_nats::Client, NatsError> {
         })
 }
 
-/// The outbox relay's projection target.
-pub struct NatsOutbox<C> {
-    name: String,
+/// Publishes committed events to JetStream: the outbox relay's [`Handler`], run as an
+/// at-least-once projection ([`AtLeastOnce`]) whose checkpoint is stored after JetStream
+/// acknowledged a page.
+pub struct JetStreamPublisher {
     context: jetstream::Context,
     prefix: String,
-    checkpoints: C,
 }
 
-impl<C: CheckpointStore> NatsOutbox<C> {
-    /// Connects to `url` and makes sure the JetStream stream exists; `name` is the relay's
-    /// checkpoint name in `checkpoints`.
-    pub async fn connect(
-        url: &str,
-        name: &str,
-        checkpoints: C,
-        options: OutboxOptions,
-    ) -> Result<Self, NatsError> {
+impl JetStreamPublisher {
+    /// Connects to `url` and makes sure the JetStream stream exists.
+    pub async fn connect(url: &str, options: OutboxOptions) -> Result<Self, NatsError> {
         let context = jetstream::new(connect(url).await?);
         context
             .get_or_create_stream(stream::Config {
@@ -202,30 +195,55 @@ impl<C: CheckpointStore> NatsOutbox<C> {
             })
             .await
             .map_err(js_error)?;
-        Ok(NatsOutbox {
-            name: name.to_owned(),
+        Ok(JetStreamPublisher {
             context,
             prefix: options.prefix,
-            checkpoints,
         })
     }
 }
 
-/// Publishes `events` and waits for JetStream to acknowledge all of them.
-async fn publish(
-    context: &jetstream::Context,
-    prefix: &str,
-    events: &[RecordedEvent],
-) -> Result<(), StoreError> {
-    {
-        let unavailable = |e: &dyn std::fmt::Display| StoreError::Backend {
-            message: format!("publishing to NATS JetStream failed: {e}"),
-            source: None,
-        };
+/// The outbox relay's projection target: [`JetStreamPublisher`] on the shared at-least-once
+/// path, with its checkpoint, fault and parked events in `C`.
+pub type NatsOutbox<C> = AtLeastOnce<JetStreamPublisher, C>;
+
+/// The outbox relay named `name` (its checkpoint name in `checkpoints`), publishing to the
+/// JetStream server at `url`.
+pub async fn outbox<C: CheckpointStore>(
+    url: &str,
+    name: &str,
+    checkpoints: C,
+    options: OutboxOptions,
+) -> Result<NatsOutbox<C>, NatsError> {
+    let publisher = JetStreamPublisher::connect(url, options).await?;
+    Ok(AtLeastOnce::new(name, publisher, checkpoints))
+}
+
+fn unavailable(e: &dyn std::fmt::Display) -> StoreError {
+    StoreError::Backend {
+        message: format!("publishing to NATS JetStream failed: {e}"),
+        source: None,
+    }
+}
+
+impl Handler for JetStreamPublisher {
+    async fn handle(&mut self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        self.handle_batch(std::slice::from_ref(event))
+            .await
+            .map_err(|e| Box::new(e) as HandlerError)
+    }
+
+    /// Publishes the page, then waits for JetStream to acknowledge all of it. A failure is
+    /// the broker being unavailable: the page is published again (the broker drops repeats).
+    async fn handle_batch(&mut self, events: &[RecordedEvent]) -> Result<(), ApplyError> {
         let mut acks = Vec::with_capacity(events.len());
         for event in events {
-            let ack = context
-                .publish_with_headers(subject(prefix, event), headers(event), event.data.clone())
+            let ack = self
+                .context
+                .publish_with_headers(
+                    subject(&self.prefix, event),
+                    headers(event),
+                    event.data.clone(),
+                )
                 .await
                 .map_err(|e| unavailable(&e))?;
             acks.push(ack);
@@ -234,38 +252,6 @@ async fn publish(
             ack.await.map_err(|e| unavailable(&e))?;
         }
         Ok(())
-    }
-}
-
-impl<C: CheckpointStore> ProjectionTarget for NatsOutbox<C> {
-    async fn start(&mut self) -> Result<Checkpoint, StoreError> {
-        self.checkpoints.load(&self.name).await
-    }
-
-    async fn apply(&mut self, batch: EventBatch, next: Position) -> Result<(), ApplyError> {
-        publish(&self.context, &self.prefix, batch.events()).await?;
-        Ok(self.checkpoints.save(&self.name, next).await?)
-    }
-
-    async fn park(&mut self, failed: &FailedEvent, next: Position) -> Result<(), StoreError> {
-        self.checkpoints.park(&self.name, failed, next).await
-    }
-
-    async fn fault(&mut self, failed: &FailedEvent) -> Result<(), StoreError> {
-        self.checkpoints.fault(&self.name, failed).await
-    }
-
-    async fn parked(&mut self) -> Result<Vec<FailedEvent>, StoreError> {
-        self.checkpoints.parked(&self.name).await
-    }
-
-    async fn replay_parked(&mut self, event: RecordedEvent) -> Result<(), ApplyError> {
-        publish(&self.context, &self.prefix, std::slice::from_ref(&event)).await?;
-        Ok(self.checkpoints.unpark(&self.name, event.position).await?)
-    }
-
-    async fn reset(&mut self) -> Result<(), ApplyError> {
-        Ok(self.checkpoints.reset(&self.name).await?)
     }
 }
 

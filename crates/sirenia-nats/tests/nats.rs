@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use sirenia_core::StoreAdmin;
 use sirenia_core::projection::{
     Checkpoint, CheckpointStore, FailedEvent, FailurePolicy, HandlerError, OnFailure,
     ProjectionOptions, Projector,
@@ -18,9 +19,7 @@ use sirenia_core::{
     Aggregate, CommandContext, DomainEvent, EventFilter, EventStore, ExpectedVersion, NewEvent,
     Position, Repository, StoreError, StreamId, StreamWrite,
 };
-use sirenia_nats::{
-    EVENT_ID, Inbound, InboundHandler, IncomingEvent, NatsOutbox, OutboxOptions, POSITION,
-};
+use sirenia_nats::{EVENT_ID, Inbound, InboundHandler, IncomingEvent, OutboxOptions, POSITION};
 use sirenia_sqlite::SqliteStore;
 
 fn url() -> String {
@@ -126,7 +125,7 @@ async fn the_relay_publishes_every_event_once_across_restarts() {
         }
         // The relay runs for a moment and is stopped wherever it is: mid-page, after publishing
         // without storing its checkpoint, or between pages.
-        let outbox = NatsOutbox::connect(&url(), "outbox", store.checkpoints(), options.clone())
+        let outbox = sirenia_nats::outbox(&url(), "outbox", store.checkpoints(), options.clone())
             .await
             .unwrap();
         let mut relay =
@@ -140,7 +139,7 @@ async fn the_relay_publishes_every_event_once_across_restarts() {
         inner: store.checkpoints(),
         saves: 0,
     };
-    let outbox = NatsOutbox::connect(&url(), "outbox", checkpoints, options.clone())
+    let outbox = sirenia_nats::outbox(&url(), "outbox", checkpoints, options.clone())
         .await
         .unwrap();
     let mut relay = Projector::new("outbox", store.clone(), outbox, projection).unwrap();

@@ -22,9 +22,10 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use sirenia_core::StoreAdmin;
 use sirenia_core::projection::{ProjectionOptions, Projector};
 use sirenia_core::{EventFilter, EventStore, ExpectedVersion, NewEvent, StreamId, StreamWrite};
-use sirenia_nats::{EVENT_ID, NatsOutbox, OutboxOptions, POSITION};
+use sirenia_nats::{EVENT_ID, OutboxOptions, POSITION};
 use sirenia_sqlite::{SqliteOptions, SqliteStore};
 
 const RELAY: &str = "SIRENIA_TEST_RELAY";
@@ -68,7 +69,7 @@ fn relay(path: &Path) {
         let store = SqliteStore::open_read_only(path, SqliteOptions::default())
             .await
             .unwrap();
-        let outbox = NatsOutbox::connect(&url(), "relay", store.checkpoints(), options())
+        let outbox = sirenia_nats::outbox(&url(), "relay", store.checkpoints(), options())
             .await
             .unwrap();
         let mut relay = Projector::new("relay", store.clone(), outbox, projection()).unwrap();

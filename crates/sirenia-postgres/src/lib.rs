@@ -57,12 +57,13 @@ mod connect;
 pub mod projection;
 mod schema;
 mod snapshots;
+mod store_admin;
 
 use connect::Connector;
 pub use connect::TlsOptions;
 pub use snapshots::PostgresSnapshots;
 
-pub use projection::{PostgresCheckpoints, PostgresProjection, PostgresTarget};
+pub use projection::{PostgresBackend, PostgresCheckpoints, PostgresProjection, PostgresTarget};
 /// The PostgreSQL client projection handlers write with (the same version as the store's).
 pub use tokio_postgres;
 
@@ -144,6 +145,8 @@ struct Shared {
     /// Appends done by the one-statement path and by the append function.
     one_statement: std::sync::atomic::AtomicU64,
     by_function: std::sync::atomic::AtomicU64,
+    /// Bumped when a projection of this process commits (the admin port's notifications).
+    changes: watch::Sender<u64>,
 }
 
 /// How this process's appends were done (see [`PostgresStore::append_paths`]).
@@ -775,6 +778,7 @@ impl PostgresStore {
                 versions,
                 one_statement: std::sync::atomic::AtomicU64::new(0),
                 by_function: std::sync::atomic::AtomicU64::new(0),
+                changes: watch::channel(0).0,
             }),
         })
     }
@@ -805,7 +809,20 @@ impl PostgresStore {
     /// [`Projector`](sirenia_core::projection::Projector): its writes and checkpoint commit in
     /// one transaction (exactly once); one instance per name runs at a time across processes.
     pub fn projection<P: PostgresProjection>(&self, name: &str, handler: P) -> PostgresTarget<P> {
-        PostgresTarget::new(self, name, handler)
+        sirenia_core::transactional::TransactionalTarget::new(
+            name,
+            projection::PostgresBackend::new(self, handler),
+        )
+    }
+
+    /// Wakes this process's waits on projection checkpoints (after a projection commit).
+    pub(crate) fn projection_committed(&self) {
+        self.shared.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Wake-ups of this process's waits on projection checkpoints.
+    pub(crate) fn projection_changes(&self) -> watch::Receiver<u64> {
+        self.shared.changes.subscribe()
     }
 
     /// Appends one batch of an import (see [`sirenia_core::store::import_batches`]): like an
@@ -936,17 +953,6 @@ impl PostgresStore {
             .await
             .map_err(pg_error)?
             .map(|r| r.get(0)))
-    }
-
-    /// Aggregate snapshots kept in this schema (for `Repository::with_snapshots`).
-    pub fn snapshots(&self) -> PostgresSnapshots {
-        PostgresSnapshots::new(self)
-    }
-
-    /// Checkpoints kept in this database, for an at-least-once projection
-    /// ([`AtLeastOnce`](sirenia_core::projection::AtLeastOnce)) into a sink elsewhere.
-    pub fn checkpoints(&self) -> PostgresCheckpoints {
-        PostgresCheckpoints::new(self)
     }
 
     /// Drops the schema and everything in it. For tests and tear-down.
@@ -1610,6 +1616,20 @@ async fn listen(
 }
 
 impl EventStore for PostgresStore {
+    fn capabilities(&self) -> sirenia_core::Capabilities {
+        sirenia_core::Capabilities {
+            // Transaction ids leave holes (rolled-back and concurrent transactions).
+            dense_positions: false,
+            durable: true,
+            multi_process_writers: true,
+            transactional_projections: true,
+            // A session advisory lock per projection name.
+            cross_process_locking: true,
+            cross_process_notifications: false,
+            import_with_timestamps: true,
+        }
+    }
+
     async fn append(&self, writes: Vec<StreamWrite>) -> Result<AppendResult, StoreError> {
         validate_append(&writes)?;
         let client = self.client().await?;

@@ -1,17 +1,26 @@
-//! Projections whose read model lives in the store's database: the handler writes its tables
-//! in the same PostgreSQL transaction that moves the projection's checkpoint, so a crash at any
-//! point neither loses nor repeats an effect.
+//! The PostgreSQL store's [`ProjectionBackend`]: projections whose read model lives in the
+//! store's database commit the handler's writes (its own tables through
+//! [`PostgresProjection`], documents) in the same transaction that moves the checkpoint, so a
+//! crash at any point neither loses nor repeats an effect. The target itself is core's
+//! [`TransactionalTarget`](sirenia_core::transactional::TransactionalTarget).
 //!
-//! Checkpoints live in `<schema>.projections`, parked events in `<schema>.parked_events`. One
-//! instance of a projection name runs at a time across every process on the database: a target
-//! takes a session advisory lock in `start` (a standby waits there) on a connection of its own,
-//! outside the store's pool, and holds it until it is dropped: closing the connection ends the
-//! session, which releases the lock, or withdraws a standby's request still waiting (so a
-//! cancelled standby leaves nothing behind). If the process dies, PostgreSQL ends the session.
+//! Checkpoints live in `<schema>.projections`, parked events in `<schema>.parked_events`,
+//! documents in `<schema>.documents`. One instance of a projection name runs at a time across
+//! every process on the database: a backend takes a session advisory lock in `lock` (a standby
+//! waits there) on a connection of its own, outside the store's pool, and holds it until it is
+//! dropped: closing the connection ends the session, which releases the lock, or withdraws a
+//! standby's request still waiting (so a cancelled standby leaves nothing behind). If the
+//! process dies, PostgreSQL ends the session. Here too are the admin port's queries on those
+//! tables.
 
+use serde_json::Value;
+use sirenia_core::Document;
 use sirenia_core::projection::{
-    ApplyError, Checkpoint, CheckpointStore, EventBatch, FailedEvent, HandlerError,
-    ProjectionRequest, ProjectionTarget,
+    ApplyError, Checkpoint, FailedEvent, HandlerError, ProjectionRequest,
+};
+use sirenia_core::transactional::{
+    BackendCheckpoints, Bookkeeping, DocumentWrite, ProjectionBackend, Step, TransactionalTarget,
+    Work,
 };
 use sirenia_core::{Position, RecordedEvent, StoreError, Timestamp};
 use tokio_postgres::{GenericClient, Transaction};
@@ -52,6 +61,13 @@ struct Sql {
     unpark: String,
     reset_parked: String,
     reset_checkpoint: String,
+    pending_request: String,
+    finish_request: String,
+    put_document: String,
+    delete_document: String,
+    clear_documents: String,
+    document: String,
+    documents: String,
 }
 
 impl Sql {
@@ -88,6 +104,24 @@ impl Sql {
             unpark: format!("DELETE FROM {s}.parked_events WHERE name = $1 AND position = $2"),
             reset_parked: format!("DELETE FROM {s}.parked_events WHERE name = $1"),
             reset_checkpoint: format!("DELETE FROM {s}.projections WHERE name = $1"),
+            pending_request: format!("SELECT kind FROM {s}.projection_requests WHERE name = $1"),
+            finish_request: format!(
+                "DELETE FROM {s}.projection_requests WHERE name = $1 AND kind = $2"
+            ),
+            put_document: format!(
+                "INSERT INTO {s}.documents (collection, id, body) VALUES ($1, $2, $3::text::jsonb)
+                 ON CONFLICT (collection, id) DO UPDATE SET body = excluded.body,
+                   updated_at = now()"
+            ),
+            delete_document: format!("DELETE FROM {s}.documents WHERE collection = $1 AND id = $2"),
+            clear_documents: format!("DELETE FROM {s}.documents WHERE collection = $1"),
+            document: format!(
+                "SELECT body::text FROM {s}.documents WHERE collection = $1 AND id = $2"
+            ),
+            documents: format!(
+                "SELECT id, body::text FROM {s}.documents WHERE collection = $1 AND id > $2
+                 ORDER BY id LIMIT $3"
+            ),
         }
     }
 }
@@ -209,13 +243,6 @@ async fn list_parked(
         .collect()
 }
 
-fn not_started() -> StoreError {
-    StoreError::Backend {
-        message: "the projection target was not started".to_owned(),
-        source: None,
-    }
-}
-
 fn handler_error(index: usize, error: HandlerError) -> ApplyError {
     ApplyError::Handler {
         index,
@@ -224,215 +251,239 @@ fn handler_error(index: usize, error: HandlerError) -> ApplyError {
     }
 }
 
-/// The target of a [`PostgresProjection`]: see [`PostgresStore::projection`].
-pub struct PostgresTarget<P> {
-    name: String,
+/// No handler of the store's own: a projection whose read model is documents only.
+impl PostgresProjection for () {
+    async fn setup(&mut self, _: &Transaction<'_>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+    async fn apply(&mut self, _: &Transaction<'_>, _: &RecordedEvent) -> Result<(), HandlerError> {
+        Ok(())
+    }
+    async fn reset(&mut self, _: &Transaction<'_>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+/// A projection target on PostgreSQL: see [`PostgresStore::projection`].
+pub type PostgresTarget<P> = TransactionalTarget<PostgresBackend<P>>;
+
+/// Checkpoints in the store's database for
+/// [`AtLeastOnce`](sirenia_core::projection::AtLeastOnce) projections into sinks elsewhere:
+/// see [`PostgresStore::checkpoints`](sirenia_core::StoreAdmin::checkpoints).
+pub type PostgresCheckpoints = BackendCheckpoints<PostgresBackend<()>>;
+
+/// The PostgreSQL store's [`ProjectionBackend`], running handler `P` (`()` for none) in its
+/// transactions on a connection of its own, outside the pool (opened on first use), which
+/// holds the projection's advisory lock once taken.
+pub struct PostgresBackend<P> {
     store: PostgresStore,
     sql: Sql,
     handler: P,
-    /// The connection (outside the pool) holding the advisory lock; every transaction runs on
-    /// it. Dropping it ends the session, which releases the lock, or withdraws the request of
-    /// a standby still waiting for it.
     client: Option<tokio_postgres::Client>,
+    /// The projection whose lock `client`'s session holds.
+    locked: Option<String>,
 }
 
-impl<P: PostgresProjection> PostgresTarget<P> {
-    pub(crate) fn new(store: &PostgresStore, name: &str, handler: P) -> Self {
-        PostgresTarget {
-            name: name.to_owned(),
+impl<P: PostgresProjection> PostgresBackend<P> {
+    pub(crate) fn new(store: &PostgresStore, handler: P) -> Self {
+        PostgresBackend {
             sql: Sql::new(store.schema()),
             store: store.clone(),
             handler,
             client: None,
+            locked: None,
         }
     }
 
-    fn client(&mut self) -> Result<&mut tokio_postgres::Client, StoreError> {
-        self.client.as_mut().ok_or_else(not_started)
+    async fn client(&mut self) -> Result<&mut tokio_postgres::Client, StoreError> {
+        if self.client.is_none() {
+            self.client = Some(self.store.dedicated_client().await?);
+        }
+        self.client.as_mut().ok_or_else(|| StoreError::Closed)
+    }
+
+    /// Runs the handler's step inside `tx`.
+    async fn run_step(
+        handler: &mut P,
+        tx: &Transaction<'_>,
+        step: &Step,
+    ) -> Result<(), ApplyError> {
+        match step {
+            Step::Setup => handler.setup(tx).await.map_err(|e| handler_error(0, e)),
+            Step::Apply(batch) => {
+                for (index, event) in batch.events().iter().enumerate() {
+                    handler
+                        .apply(tx, event)
+                        .await
+                        .map_err(|e| handler_error(index, e))?;
+                }
+                Ok(())
+            }
+            Step::Replay(event) => handler
+                .apply(tx, event)
+                .await
+                .map_err(|e| handler_error(0, e)),
+            Step::Reset => handler.reset(tx).await.map_err(|e| handler_error(0, e)),
+        }
     }
 }
 
-impl<P: PostgresProjection> ProjectionTarget for PostgresTarget<P> {
-    async fn start(&mut self) -> Result<Checkpoint, StoreError> {
-        if self.client.is_none() {
-            let client = self.store.dedicated_client().await?;
-            client
-                .execute(&self.sql.lock, &[&self.store.schema(), &self.name])
-                .await
-                .map_err(pg_error)?;
-            self.client = Some(client);
+async fn write_document(
+    tx: &Transaction<'_>,
+    sql: &Sql,
+    write: &DocumentWrite,
+) -> Result<(), StoreError> {
+    match write {
+        DocumentWrite::Put {
+            collection,
+            id,
+            body,
+        } => tx.execute(&sql.put_document, &[collection, id, body]).await,
+        DocumentWrite::Delete { collection, id } => {
+            tx.execute(&sql.delete_document, &[collection, id]).await
         }
-        let (sql, name) = (self.sql.clone(), self.name.clone());
-        let Some(client) = self.client.as_mut() else {
-            return Err(not_started());
-        };
-        let tx = client.transaction().await.map_err(pg_error)?;
-        self.handler
-            .setup(&tx)
-            .await
-            .map_err(|e| StoreError::Backend {
-                message: format!("projection {name}: setting up its tables failed"),
-                source: Some(e),
-            })?;
-        let checkpoint = load_checkpoint(&tx, &sql, &name).await?;
-        tx.commit().await.map_err(pg_error)?;
-        Ok(checkpoint)
-    }
-
-    async fn apply(&mut self, batch: EventBatch, next: Position) -> Result<(), ApplyError> {
-        let Some(client) = self.client.as_mut() else {
-            return Err(not_started().into());
-        };
-        let tx = client.transaction().await.map_err(pg_error)?;
-        for (index, event) in batch.events().iter().enumerate() {
-            self.handler
-                .apply(&tx, event)
-                .await
-                .map_err(|e| handler_error(index, e))?;
+        DocumentWrite::Clear { collection } => {
+            tx.execute(&sql.clear_documents, &[collection]).await
         }
-        save_checkpoint(&tx, &self.sql, &self.name, next).await?;
-        tx.commit().await.map_err(pg_error)?;
-        Ok(())
     }
+    .map(|_| ())
+    .map_err(pg_error)
+}
 
-    async fn park(&mut self, failed: &FailedEvent, next: Position) -> Result<(), StoreError> {
-        let (sql, name) = (self.sql.clone(), self.name.clone());
-        let tx = self.client()?.transaction().await.map_err(pg_error)?;
-        park_row(&tx, &sql, &name, failed).await?;
-        save_checkpoint(&tx, &sql, &name, next).await?;
-        tx.commit().await.map_err(pg_error)
-    }
-
-    async fn fault(&mut self, failed: &FailedEvent) -> Result<(), StoreError> {
-        let (sql, name) = (self.sql.clone(), self.name.clone());
-        set_fault(&*self.client()?, &sql, &name, failed).await
-    }
-
-    async fn parked(&mut self) -> Result<Vec<FailedEvent>, StoreError> {
-        let (sql, name) = (self.sql.clone(), self.name.clone());
-        list_parked(&*self.client()?, &sql, &name).await
-    }
-
-    async fn replay_parked(&mut self, event: RecordedEvent) -> Result<(), ApplyError> {
-        let Some(client) = self.client.as_mut() else {
-            return Err(not_started().into());
-        };
-        let tx = client.transaction().await.map_err(pg_error)?;
-        self.handler
-            .apply(&tx, &event)
-            .await
-            .map_err(|e| handler_error(0, e))?;
-        tx.execute(&self.sql.unpark, &[&self.name, &to_i64(event.position.0)])
-            .await
-            .map_err(pg_error)?;
-        tx.commit().await.map_err(pg_error)?;
-        Ok(())
-    }
-
-    async fn pending_request(&mut self) -> Result<Option<ProjectionRequest>, StoreError> {
-        self.store.pending_request(&self.name).await
-    }
-
-    async fn finish_request(&mut self, request: ProjectionRequest) -> Result<(), StoreError> {
-        let s = quote(self.store.schema());
-        let name = self.name.clone();
-        self.client()?
-            .execute(
-                &format!("DELETE FROM {s}.projection_requests WHERE name = $1 AND kind = $2"),
-                &[&name, &request.as_str()],
-            )
+async fn bookkeeping(
+    tx: &Transaction<'_>,
+    sql: &Sql,
+    name: &str,
+    change: &Bookkeeping,
+) -> Result<(), StoreError> {
+    match change {
+        Bookkeeping::Checkpoint(next) => save_checkpoint(tx, sql, name, *next).await,
+        Bookkeeping::Park(failed) => park_row(tx, sql, name, failed).await,
+        Bookkeeping::Unpark(position) => tx
+            .execute(&sql.unpark, &[&name, &to_i64(position.0)])
             .await
             .map(|_| ())
-            .map_err(pg_error)
+            .map_err(pg_error),
+        Bookkeeping::Fault(failed) => set_fault(tx, sql, name, failed).await,
+        Bookkeeping::Reset => {
+            tx.execute(&sql.reset_parked, &[&name])
+                .await
+                .map_err(pg_error)?;
+            tx.execute(&sql.reset_checkpoint, &[&name])
+                .await
+                .map(|_| ())
+                .map_err(pg_error)
+        }
+        Bookkeeping::FinishRequest(request) => tx
+            .execute(&sql.finish_request, &[&name, &request.as_str()])
+            .await
+            .map(|_| ())
+            .map_err(pg_error),
     }
+}
 
-    async fn reset(&mut self) -> Result<(), ApplyError> {
-        let Some(client) = self.client.as_mut() else {
-            return Err(not_started().into());
+async fn read_document(
+    client: &impl GenericClient,
+    sql: &Sql,
+    collection: &str,
+    id: &str,
+) -> Result<Option<Value>, StoreError> {
+    let row = client
+        .query_opt(&sql.document, &[&collection, &id])
+        .await
+        .map_err(pg_error)?;
+    row.map(|r| decode_document(collection, id, r.get(0)))
+        .transpose()
+}
+
+fn decode_document(collection: &str, id: &str, body: &str) -> Result<Value, StoreError> {
+    serde_json::from_str(body).map_err(|e| StoreError::Corrupt {
+        message: format!("document {id:?} of {collection:?} is not JSON: {e}"),
+    })
+}
+
+async fn read_request(
+    client: &impl GenericClient,
+    sql: &Sql,
+    name: &str,
+) -> Result<Option<ProjectionRequest>, StoreError> {
+    let row = client
+        .query_opt(&sql.pending_request, &[&name])
+        .await
+        .map_err(pg_error)?;
+    Ok(row.and_then(|r| ProjectionRequest::parse(r.get::<_, &str>(0))))
+}
+
+impl<P: PostgresProjection> ProjectionBackend for PostgresBackend<P> {
+    async fn lock(&mut self, name: &str) -> Result<(), StoreError> {
+        if let Some(held) = &self.locked {
+            if held == name {
+                return Ok(());
+            }
+            return Err(StoreError::InvalidOptions {
+                message: format!("this backend already holds the lock of projection {held}"),
+            });
+        }
+        // Waited for on a connection held only by this call: cancelled (a standby shutting
+        // down), the connection closes and withdraws the request.
+        let client = match self.client.take() {
+            Some(client) => client,
+            None => self.store.dedicated_client().await?,
         };
-        let tx = client.transaction().await.map_err(pg_error)?;
-        self.handler
-            .reset(&tx)
-            .await
-            .map_err(|e| handler_error(0, e))?;
-        tx.execute(&self.sql.reset_parked, &[&self.name])
+        client
+            .execute(&self.sql.lock, &[&self.store.schema(), &name])
             .await
             .map_err(pg_error)?;
-        tx.execute(&self.sql.reset_checkpoint, &[&self.name])
-            .await
-            .map_err(pg_error)?;
-        tx.commit().await.map_err(pg_error)?;
+        self.client = Some(client);
+        self.locked = Some(name.to_owned());
         Ok(())
     }
-}
 
-/// Checkpoints in the store's database for
-/// [`AtLeastOnce`](sirenia_core::projection::AtLeastOnce) projections into sinks elsewhere.
-/// See [`PostgresStore::checkpoints`].
-pub struct PostgresCheckpoints {
-    store: PostgresStore,
-    sql: Sql,
-}
-
-impl PostgresCheckpoints {
-    pub(crate) fn new(store: &PostgresStore) -> Self {
-        PostgresCheckpoints {
-            sql: Sql::new(store.schema()),
-            store: store.clone(),
-        }
-    }
-}
-
-impl CheckpointStore for PostgresCheckpoints {
-    async fn load(&mut self, name: &str) -> Result<Checkpoint, StoreError> {
-        load_checkpoint(&**self.store.client().await?, &self.sql, name).await
-    }
-
-    async fn save(&mut self, name: &str, next: Position) -> Result<(), StoreError> {
-        save_checkpoint(&**self.store.client().await?, &self.sql, name, next).await
-    }
-
-    async fn park(
-        &mut self,
-        name: &str,
-        failed: &FailedEvent,
-        next: Position,
-    ) -> Result<(), StoreError> {
-        let mut client = self.store.client().await?;
-        let tx = client.transaction().await.map_err(pg_error)?;
-        park_row(&*tx, &self.sql, name, failed).await?;
-        save_checkpoint(&*tx, &self.sql, name, next).await?;
-        tx.commit().await.map_err(pg_error)
-    }
-
-    async fn fault(&mut self, name: &str, failed: &FailedEvent) -> Result<(), StoreError> {
-        set_fault(&**self.store.client().await?, &self.sql, name, failed).await
+    async fn checkpoint(&mut self, name: &str) -> Result<Checkpoint, StoreError> {
+        let sql = self.sql.clone();
+        load_checkpoint(&*self.client().await?, &sql, name).await
     }
 
     async fn parked(&mut self, name: &str) -> Result<Vec<FailedEvent>, StoreError> {
-        list_parked(&**self.store.client().await?, &self.sql, name).await
+        let sql = self.sql.clone();
+        list_parked(&*self.client().await?, &sql, name).await
     }
 
-    async fn unpark(&mut self, name: &str, position: Position) -> Result<(), StoreError> {
-        self.store
-            .client()
-            .await?
-            .execute(&self.sql.unpark, &[&name, &to_i64(position.0)])
-            .await
-            .map(|_| ())
-            .map_err(pg_error)
+    async fn pending_request(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<ProjectionRequest>, StoreError> {
+        let sql = self.sql.clone();
+        read_request(&*self.client().await?, &sql, name).await
     }
 
-    async fn reset(&mut self, name: &str) -> Result<(), StoreError> {
-        let mut client = self.store.client().await?;
+    async fn document(&mut self, collection: &str, id: &str) -> Result<Option<Value>, StoreError> {
+        let sql = self.sql.clone();
+        read_document(&*self.client().await?, &sql, collection, id).await
+    }
+
+    async fn commit(&mut self, name: &str, work: Work) -> Result<(), ApplyError> {
+        if self.client.is_none() {
+            self.client().await?;
+        }
+        let Some(client) = self.client.as_mut() else {
+            return Err(StoreError::Closed.into());
+        };
         let tx = client.transaction().await.map_err(pg_error)?;
-        tx.execute(&self.sql.reset_parked, &[&name])
-            .await
-            .map_err(pg_error)?;
-        tx.execute(&self.sql.reset_checkpoint, &[&name])
-            .await
-            .map_err(pg_error)?;
-        tx.commit().await.map_err(pg_error)
+        if let Some(step) = &work.step {
+            Self::run_step(&mut self.handler, &tx, step).await?;
+        }
+        for write in &work.documents {
+            write_document(&tx, &self.sql, write).await?;
+        }
+        for change in &work.bookkeeping {
+            bookkeeping(&tx, &self.sql, name, change).await?;
+        }
+        tx.commit().await.map_err(pg_error)?;
+        if !work.bookkeeping.is_empty() {
+            self.store.projection_committed();
+        }
+        Ok(())
     }
 }
 
@@ -475,4 +526,57 @@ pub(crate) async fn stored_parked(
 ) -> Result<Vec<FailedEvent>, StoreError> {
     let client = store.client().await?;
     list_parked(&**client, &Sql::new(store.schema()), name).await
+}
+
+/// The stored checkpoint of projection `name`.
+pub(crate) async fn stored_checkpoint(
+    store: &PostgresStore,
+    name: &str,
+) -> Result<Checkpoint, StoreError> {
+    let client = store.client().await?;
+    load_checkpoint(&**client, &Sql::new(store.schema()), name).await
+}
+
+/// The committed document `id` of `collection`.
+pub(crate) async fn stored_document(
+    store: &PostgresStore,
+    collection: &str,
+    id: &str,
+) -> Result<Option<Value>, StoreError> {
+    let client = store.client().await?;
+    read_document(&**client, &Sql::new(store.schema()), collection, id).await
+}
+
+/// At most `limit` documents of `collection` after `after`, by id.
+pub(crate) async fn stored_documents(
+    store: &PostgresStore,
+    collection: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<Document>, StoreError> {
+    let client = store.client().await?;
+    let sql = Sql::new(store.schema());
+    let rows = client
+        .query(
+            &sql.documents,
+            &[&collection, &after.unwrap_or(""), &to_i64(limit as u64)],
+        )
+        .await
+        .map_err(pg_error)?;
+    rows.iter()
+        .map(|r| {
+            let id: String = r.get(0);
+            let body = decode_document(collection, &id, r.get(1))?;
+            Ok(Document { id, body })
+        })
+        .collect()
+}
+
+/// The request for `name` not yet taken by its projector.
+pub(crate) async fn stored_request(
+    store: &PostgresStore,
+    name: &str,
+) -> Result<Option<ProjectionRequest>, StoreError> {
+    let client = store.client().await?;
+    read_request(&**client, &Sql::new(store.schema()), name).await
 }

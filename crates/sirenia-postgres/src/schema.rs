@@ -387,6 +387,17 @@ $fn$;
     r#"
 ALTER TABLE {s}.events DROP CONSTRAINT events_one_payload;
 "#,
+    // 6: document read models (`DocumentProjection`): JSON documents by collection and id,
+    // written by the projection that owns the collection, with its checkpoint.
+    r#"
+CREATE TABLE {s}.documents (
+    collection text COLLATE "C" NOT NULL,
+    id         text COLLATE "C" NOT NULL,
+    body       jsonb       NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (collection, id)
+);
+"#,
 ];
 
 /// The schema version this build writes.

@@ -15,6 +15,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
+use sirenia_core::StoreAdmin;
 use sirenia_core::{
     Aggregate, CommandError, DomainEvent, EventId, EventStore, ExpectedVersion, JSON_CONTENT_TYPE,
     Metadata, NewEvent, ReadAll, ReadStream, Repository, StoreError, StreamId, StreamWrite,
@@ -461,17 +462,9 @@ async fn appends_inside_a_transaction_share_it_and_refusals_leave_it_usable() {
 async fn snapshots_in_the_schema_pass_the_snapshot_cases() {
     let store = common::fresh_store().await;
     let inner = store.store().clone();
-    sirenia_testkit::snapshots::snapshot_store_cases(&inner.snapshots()).await;
-    sirenia_testkit::snapshots::snapshot_repository_cases(
-        inner.clone(),
-        std::sync::Arc::new(inner.snapshots()),
-    )
-    .await;
-    sirenia_testkit::snapshots::lifecycle_repository_cases(
-        inner.clone(),
-        std::sync::Arc::new(inner.snapshots()),
-    )
-    .await;
+    sirenia_testkit::snapshots::snapshot_store_cases(&*inner.snapshots()).await;
+    sirenia_testkit::snapshots::snapshot_repository_cases(inner.clone(), inner.snapshots()).await;
+    sirenia_testkit::snapshots::lifecycle_repository_cases(inner.clone(), inner.snapshots()).await;
 }
 
 /// Every connection over TLS when asked: the server's certificate is verified (against the

@@ -45,11 +45,17 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
+use serde_json::Value;
+use sirenia_core::admin::check_documents_limit;
 use sirenia_core::lifecycle::{StreamChange, StreamInfo, decide_change};
+use sirenia_core::projection::{Checkpoint, FailedEvent, ProjectionRequest, StoredProjection};
+use sirenia_core::snapshot::SnapshotStore;
+use sirenia_core::store::ImportBatch;
 use sirenia_core::store::validate_append;
+use sirenia_core::transactional::TransactionalTarget;
 use sirenia_core::{
-    AllPage, AppendResult, Direction, EventFilter, EventId, EventStore, Position, RecordedEvent,
-    StoreError, StreamId, StreamWrite,
+    AllPage, AppendResult, Capabilities, Direction, Document, EventFilter, EventId, EventStore,
+    Position, RecordedEvent, StoreAdmin, StoreError, StreamId, StreamWrite,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -59,7 +65,7 @@ mod schema;
 mod snapshots;
 mod writer;
 
-pub use projection::{SqliteCheckpoints, SqliteProjection, SqliteTarget};
+pub use projection::{SqliteBackend, SqliteCheckpoints, SqliteProjection, SqliteTarget};
 /// The SQLite bindings projection handlers write with (the same version as the store's).
 pub use rusqlite;
 pub use snapshots::SqliteSnapshots;
@@ -130,6 +136,8 @@ struct Shared {
     counters: Arc<writer::Counters>,
     /// `PRAGMA synchronous` for connections that write (projections).
     synchronous: &'static str,
+    /// Bumped when a projection of this process commits (the admin port's notifications).
+    changes: Arc<watch::Sender<u64>>,
     _lock: Option<File>,
 }
 
@@ -284,6 +292,7 @@ fn open_writable(path: PathBuf, options: SqliteOptions) -> Result<SqliteStore, S
             poll_interval: options.poll_interval,
             counters,
             synchronous,
+            changes: Arc::new(watch::channel(0).0),
             _lock: Some(lock),
         }),
     })
@@ -355,6 +364,7 @@ impl SqliteStore {
                     poll_interval: options.poll_interval,
                     counters: Arc::default(),
                     synchronous: synchronous_pragma(options.durability),
+                    changes: Arc::new(watch::channel(0).0),
                     _lock: None,
                 }),
             })
@@ -370,101 +380,29 @@ impl SqliteStore {
     /// A projection named `name` whose read model `handler` keeps in this file, for a
     /// [`Projector`](sirenia_core::projection::Projector): its writes and checkpoint commit in
     /// one transaction (exactly once). Works on read-only handles too (the target opens its own
-    /// connection), so a projection can run in another process than the writer.
+    /// connection), so a projection can run in another process than the writer. For a read
+    /// model of documents, on any store, see [`StoreAdmin::document_projection`].
     pub fn projection<P: SqliteProjection>(&self, name: &str, handler: P) -> SqliteTarget<P> {
-        SqliteTarget::new(name, &self.shared.path, self.shared.synchronous, handler)
+        TransactionalTarget::new(name, self.backend(handler))
     }
 
-    /// Appends one batch of an import (see [`sirenia_core::store::import_batches`]): like an
-    /// append, and each event keeps its original `recorded_at`. Re-importing a batch that is
-    /// already stored writes nothing (event ids are idempotent).
-    pub async fn import(
-        &self,
-        batch: sirenia_core::store::ImportBatch,
-    ) -> Result<AppendResult, StoreError> {
-        let events = sirenia_core::store::validate_import(&batch)?;
-        let Some(queue) = &self.shared.writer else {
-            return Err(StoreError::WritesDisabled {
-                reason: "the store was opened read-only".to_owned(),
-            });
-        };
-        let (reply, answer) = oneshot::channel();
-        queue
-            .send(writer::WriteRequest {
-                writes: batch.writes,
-                events,
-                recorded_at: Some(batch.recorded_at),
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// Asks the running projector of `name` to carry out `request` (it looks before each page
-    /// and at least every second while live). Works on read-only handles too.
-    pub async fn request_projection(
-        &self,
-        name: &str,
-        request: sirenia_core::projection::ProjectionRequest,
-    ) -> Result<(), StoreError> {
-        let (path, synchronous, name) = (
-            self.shared.path.clone(),
+    fn backend<P: SqliteProjection>(&self, handler: P) -> SqliteBackend<P> {
+        SqliteBackend::new(
+            &self.shared.path,
             self.shared.synchronous,
-            name.to_owned(),
-        );
-        blocking(move || projection::request(&path, synchronous, &name, request)).await
+            self.shared.changes.clone(),
+            handler,
+        )
     }
 
-    /// The request for `name` its projector has not taken yet.
-    pub async fn pending_request(
-        &self,
-        name: &str,
-    ) -> Result<Option<sirenia_core::projection::ProjectionRequest>, StoreError> {
-        let (path, name) = (self.shared.path.clone(), name.to_owned());
-        blocking(move || projection::pending_request(&path, &name)).await
-    }
-
-    /// Every projection recorded in this file: checkpoint, fault and parked count.
-    pub async fn projections(
-        &self,
-    ) -> Result<Vec<sirenia_core::projection::StoredProjection>, StoreError> {
+    /// Runs `f` on the blocking pool with the file's path.
+    async fn on_file<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Path) -> Result<T, StoreError> + Send + 'static,
+    {
         let path = self.shared.path.clone();
-        blocking(move || projection::stored_projections(&path)).await
-    }
-
-    /// The events projection `name` parked.
-    pub async fn parked(
-        &self,
-        name: &str,
-    ) -> Result<Vec<sirenia_core::projection::FailedEvent>, StoreError> {
-        let (path, name) = (self.shared.path.clone(), name.to_owned());
-        blocking(move || projection::stored_parked(&path, &name)).await
-    }
-
-    /// Records that readers of read model `name` should use `version` from now on: the switch
-    /// of a blue/green rebuild (see `Projector::run_blue_green`).
-    pub async fn set_active_version(&self, name: &str, version: &str) -> Result<(), StoreError> {
-        let (path, synchronous) = (self.shared.path.clone(), self.shared.synchronous);
-        let (name, version) = (name.to_owned(), version.to_owned());
-        blocking(move || projection::set_active_version(&path, synchronous, &name, &version)).await
-    }
-
-    /// The version of read model `name` readers should use, if one was set.
-    pub async fn active_version(&self, name: &str) -> Result<Option<String>, StoreError> {
-        let (path, name) = (self.shared.path.clone(), name.to_owned());
-        blocking(move || projection::active_version(&path, &name)).await
-    }
-
-    /// Aggregate snapshots kept in this file (for `Repository::with_snapshots`).
-    pub fn snapshots(&self) -> SqliteSnapshots {
-        SqliteSnapshots::new(&self.shared.path, self.shared.synchronous)
-    }
-
-    /// Checkpoints kept in this file, for an at-least-once projection
-    /// ([`AtLeastOnce`](sirenia_core::projection::AtLeastOnce)) into a sink elsewhere.
-    pub fn checkpoints(&self) -> SqliteCheckpoints {
-        SqliteCheckpoints::new(&self.shared.path, self.shared.synchronous)
+        blocking(move || f(&path)).await
     }
 
     /// What the writer has committed since the store was opened. With group commit, `commits`
@@ -535,6 +473,110 @@ where
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| StoreError::backend("a blocking SQLite task failed", e))?
+}
+
+impl StoreAdmin for SqliteStore {
+    type Backend = SqliteBackend<()>;
+
+    fn projection_backend(&self) -> SqliteBackend<()> {
+        self.backend(())
+    }
+
+    fn snapshots(&self) -> Arc<dyn SnapshotStore> {
+        Arc::new(SqliteSnapshots::new(
+            &self.shared.path,
+            self.shared.synchronous,
+        ))
+    }
+
+    async fn import(&self, batch: ImportBatch) -> Result<AppendResult, StoreError> {
+        let events = sirenia_core::store::validate_import(&batch)?;
+        let Some(queue) = &self.shared.writer else {
+            return Err(StoreError::WritesDisabled {
+                reason: "the store was opened read-only".to_owned(),
+            });
+        };
+        let (reply, answer) = oneshot::channel();
+        queue
+            .send(writer::WriteRequest {
+                writes: batch.writes,
+                events,
+                recorded_at: Some(batch.recorded_at),
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn projections(&self) -> Result<Vec<StoredProjection>, StoreError> {
+        self.on_file(projection::stored_projections).await
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<Checkpoint, StoreError> {
+        let name = name.to_owned();
+        self.on_file(move |path| projection::stored_checkpoint(path, &name))
+            .await
+    }
+
+    async fn parked(&self, name: &str) -> Result<Vec<FailedEvent>, StoreError> {
+        let name = name.to_owned();
+        self.on_file(move |path| projection::stored_parked(path, &name))
+            .await
+    }
+
+    async fn request_projection(
+        &self,
+        name: &str,
+        request: ProjectionRequest,
+    ) -> Result<(), StoreError> {
+        let (synchronous, name) = (self.shared.synchronous, name.to_owned());
+        self.on_file(move |path| projection::request(path, synchronous, &name, request))
+            .await
+    }
+
+    async fn pending_request(&self, name: &str) -> Result<Option<ProjectionRequest>, StoreError> {
+        let name = name.to_owned();
+        self.on_file(move |path| projection::pending_request(path, &name))
+            .await
+    }
+
+    async fn set_active_version(&self, name: &str, version: &str) -> Result<(), StoreError> {
+        let synchronous = self.shared.synchronous;
+        let (name, version) = (name.to_owned(), version.to_owned());
+        self.on_file(move |path| projection::set_active_version(path, synchronous, &name, &version))
+            .await
+    }
+
+    async fn active_version(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let name = name.to_owned();
+        self.on_file(move |path| projection::active_version(path, &name))
+            .await
+    }
+
+    async fn document(&self, collection: &str, id: &str) -> Result<Option<Value>, StoreError> {
+        let (collection, id) = (collection.to_owned(), id.to_owned());
+        self.on_file(move |path| projection::stored_document(path, &collection, &id))
+            .await
+    }
+
+    async fn documents(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Document>, StoreError> {
+        check_documents_limit(limit)?;
+        let (collection, after) = (collection.to_owned(), after.map(str::to_owned));
+        self.on_file(move |path| {
+            projection::stored_documents(path, &collection, after.as_deref(), limit)
+        })
+        .await
+    }
+
+    fn projection_changes(&self) -> watch::Receiver<u64> {
+        self.shared.changes.subscribe()
+    }
 }
 
 impl EventStore for SqliteStore {
@@ -623,9 +665,19 @@ impl EventStore for SqliteStore {
         self.read(read::head).await
     }
 
-    fn dense_positions(&self) -> bool {
-        // One writer assigns every position in commit order, and rows are never deleted.
-        true
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            // One writer assigns every position in commit order, and rows are never deleted.
+            dense_positions: true,
+            durable: true,
+            multi_process_writers: false,
+            transactional_projections: true,
+            // A lock file per projection name.
+            cross_process_locking: true,
+            // Checkpoints moved by another process are seen on a re-read only.
+            cross_process_notifications: false,
+            import_with_timestamps: true,
+        }
     }
 
     async fn read_stream_page(

@@ -1,12 +1,15 @@
-//! Projections whose read model lives in the store's file: the handler writes its tables in the
-//! same SQLite transaction that moves the projection's checkpoint, so a crash at any point
-//! neither loses nor repeats an effect.
+//! The embedded store's [`ProjectionBackend`]: projections whose read model lives in the store's
+//! file commit the handler's writes (its own tables through [`SqliteProjection`], documents)
+//! in the same SQLite transaction that moves the checkpoint, so a crash at any point neither
+//! loses nor repeats an effect. The target itself is core's
+//! [`TransactionalTarget`](sirenia_core::transactional::TransactionalTarget).
 //!
-//! Checkpoints live in the `projections` table and parked events in `parked_events` (schema
-//! version 2). One instance of a projection name runs at a time, across processes: a target
-//! holds an exclusive lock on `<file>-projection-<name>.lock` from `start` until it is dropped;
-//! another instance's `start` waits (a standby) and takes over when the lock is released,
-//! which the operating system does when the holder dies.
+//! Checkpoints live in the `projections` table, parked events in `parked_events`, documents in
+//! `documents`. One instance of a projection name runs at a time, across processes: a backend
+//! holds an exclusive lock on `<file>-projection-<name>.lock` from `lock` until it is dropped;
+//! another instance's `lock` waits (a standby) and takes over when the lock is released, which
+//! the operating system does when the holder dies. Here too are the admin port's queries on
+//! those tables.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
@@ -15,11 +18,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use serde_json::Value;
+use sirenia_core::Document;
 use sirenia_core::projection::{
-    ApplyError, Checkpoint, CheckpointStore, EventBatch, FailedEvent, HandlerError,
-    ProjectionRequest, ProjectionTarget,
+    ApplyError, Checkpoint, FailedEvent, HandlerError, ProjectionRequest,
+};
+use sirenia_core::transactional::{
+    BackendCheckpoints, Bookkeeping, DocumentWrite, ProjectionBackend, Step, TransactionalTarget,
+    Work,
 };
 use sirenia_core::{Position, RecordedEvent, StoreError, Timestamp};
+use tokio::sync::watch;
 
 use crate::read::to_i64;
 use crate::sqlite_error;
@@ -38,17 +47,40 @@ pub trait SqliteProjection: Send + 'static {
     fn reset(&mut self, tx: &Transaction<'_>) -> Result<(), HandlerError>;
 }
 
-/// The target of a [`SqliteProjection`]: see [`crate::SqliteStore::projection`].
-pub struct SqliteTarget<P> {
-    name: String,
+/// No handler of the store's own: a projection whose read model is documents only.
+impl SqliteProjection for () {
+    fn setup(&mut self, _: &Transaction<'_>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+    fn apply(&mut self, _: &Transaction<'_>, _: &RecordedEvent) -> Result<(), HandlerError> {
+        Ok(())
+    }
+    fn reset(&mut self, _: &Transaction<'_>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+/// A projection target on the embedded store: see [`crate::SqliteStore::projection`].
+pub type SqliteTarget<P> = TransactionalTarget<SqliteBackend<P>>;
+
+/// Checkpoints in the store's file for [`AtLeastOnce`](sirenia_core::projection::AtLeastOnce)
+/// projections (sinks outside the file): see [`crate::SqliteStore::checkpoints`].
+pub type SqliteCheckpoints = BackendCheckpoints<SqliteBackend<()>>;
+
+/// The embedded store's [`ProjectionBackend`], running handler `P` (`()` for none) in its
+/// transactions: a connection of its own (opened on first use) and the projection's lock file.
+pub struct SqliteBackend<P> {
     path: PathBuf,
     synchronous: &'static str,
+    changes: Arc<watch::Sender<u64>>,
     handler: Option<P>,
-    /// The connection and handler once started. Blocking work takes them out and puts them
+    /// The connection and handler once opened. Blocking work takes them out and puts them
     /// back itself, so a caller that stops waiting (a cancelled run) loses nothing.
     inner: Arc<Mutex<Option<Box<Inner<P>>>>>,
     /// Set while blocking work holds `inner` (cleared when it puts it back, or panics).
     busy: Arc<AtomicBool>,
+    /// The projection's lock file, once taken, with the name it locks.
+    lock: Option<(String, File)>,
 }
 
 /// Clears a busy flag when dropped, also when the work panics.
@@ -63,43 +95,69 @@ impl Drop for Busy {
 struct Inner<P> {
     conn: Connection,
     handler: P,
-    _lock: File,
 }
 
-impl<P: SqliteProjection> SqliteTarget<P> {
-    pub(crate) fn new(name: &str, path: &Path, synchronous: &'static str, handler: P) -> Self {
-        SqliteTarget {
-            name: name.to_owned(),
+impl<P: SqliteProjection> SqliteBackend<P> {
+    pub(crate) fn new(
+        path: &Path,
+        synchronous: &'static str,
+        changes: Arc<watch::Sender<u64>>,
+        handler: P,
+    ) -> Self {
+        SqliteBackend {
             path: path.to_owned(),
             synchronous,
+            changes,
             handler: Some(handler),
             inner: Arc::new(Mutex::new(None)),
             busy: Arc::new(AtomicBool::new(false)),
+            lock: None,
         }
     }
 
-    /// Runs `f` with the connection and handler on the blocking pool.
+    /// Runs `f` with the connection and handler on the blocking pool, opening the connection
+    /// first if needed.
     async fn with<R, F>(&mut self, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&str, &mut Inner<P>) -> R + Send + 'static,
+        F: FnOnce(&mut Inner<P>) -> R + Send + 'static,
     {
-        let taken = take_inner(self.inner.clone(), self.busy.clone()).await?;
-        let mut inner = taken.ok_or_else(|| StoreError::Backend {
-            message: "the projection target was not started, or a handler panicked".to_owned(),
-            source: None,
-        })?;
-        let (slot, name) = (self.inner.clone(), self.name.clone());
+        let opened = match take_inner(self.inner.clone(), self.busy.clone()).await? {
+            Some(inner) => Ok(inner),
+            None => match self.handler.take() {
+                Some(handler) => Err(handler),
+                None => {
+                    return Err(StoreError::Backend {
+                        message: "a projection handler panicked; the target cannot go on"
+                            .to_owned(),
+                        source: None,
+                    });
+                }
+            },
+        };
+        let (slot, path, synchronous) = (self.inner.clone(), self.path.clone(), self.synchronous);
         self.busy.store(true, Ordering::SeqCst);
         let busy = Busy(self.busy.clone());
-        tokio::task::spawn_blocking(move || {
+        let (result, handler_back) = tokio::task::spawn_blocking(move || {
             let _busy = busy;
-            let result = f(&name, &mut inner);
+            let mut inner = match opened {
+                Ok(inner) => inner,
+                Err(handler) => match open_connection(&path, synchronous) {
+                    Ok(conn) => Box::new(Inner { conn, handler }),
+                    // Not opened: the handler goes back to the backend for the next try.
+                    Err(e) => return (Err(e), Some(handler)),
+                },
+            };
+            let result = f(&mut inner);
             *lock(&slot) = Some(inner);
-            result
+            (Ok(result), None)
         })
         .await
-        .map_err(|e| StoreError::backend("a projection handler panicked", e))
+        .map_err(|e| StoreError::backend("a projection handler panicked", e))?;
+        if let Some(handler) = handler_back {
+            self.handler = Some(handler);
+        }
+        result
     }
 }
 
@@ -151,11 +209,10 @@ pub(crate) fn open_connection(path: &Path, synchronous: &str) -> Result<Connecti
     conn.pragma_update(None, "synchronous", synchronous)
         .map_err(sqlite_error)?;
     let version = crate::schema::check(&conn)?;
-    if version < crate::schema::PROJECTIONS_VERSION {
+    if version < crate::schema::SCHEMA_VERSION {
         return Err(StoreError::Incompatible {
             message: format!(
-                "{} has schema version {version}, before projections; open it for writing once \
-                 to migrate it",
+                "{} has schema version {version}; open it for writing once to migrate it",
                 path.display()
             ),
         });
@@ -355,240 +412,221 @@ fn reset_rows(tx: &Transaction<'_>, name: &str) -> Result<(), StoreError> {
         .map_err(sqlite_error)
 }
 
-impl<P: SqliteProjection> ProjectionTarget for SqliteTarget<P> {
-    async fn start(&mut self) -> Result<Checkpoint, StoreError> {
-        if let Some(inner) = take_inner(self.inner.clone(), self.busy.clone()).await? {
-            *lock(&self.inner) = Some(inner);
-            let name = self.name.clone();
-            return self
-                .with(move |_, inner| load_checkpoint(&inner.conn, &name))
-                .await?;
+fn put_document(tx: &Transaction<'_>, write: &DocumentWrite) -> Result<(), StoreError> {
+    match write {
+        DocumentWrite::Put {
+            collection,
+            id,
+            body,
+        } => tx
+            .prepare_cached(
+                "INSERT INTO documents (collection, id, body, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (collection, id) DO UPDATE SET body = excluded.body,
+                   updated_at = excluded.updated_at",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    collection,
+                    id,
+                    body,
+                    to_i64(Timestamp::now().as_micros())
+                ])
+            }),
+        DocumentWrite::Delete { collection, id } => tx
+            .prepare_cached("DELETE FROM documents WHERE collection = ?1 AND id = ?2")
+            .and_then(|mut s| s.execute(params![collection, id])),
+        DocumentWrite::Clear { collection } => {
+            tx.execute("DELETE FROM documents WHERE collection = ?1", [collection])
         }
-        if self.handler.is_none() {
-            return Err(StoreError::Closed);
-        }
-        let (path, name, synchronous) = (self.path.clone(), self.name.clone(), self.synchronous);
-        // Cancelled while waiting (a standby shutting down), nothing is lost.
-        let file_lock = take_lock(&path, &name).await?;
-        let Some(mut handler) = self.handler.take() else {
-            return Err(StoreError::Closed);
-        };
-        let slot = self.inner.clone();
-        let checkpoint = tokio::task::spawn_blocking(move || {
-            let mut conn = open_connection(&path, synchronous)?;
-            let tx = immediate(&mut conn)?;
-            handler.setup(&tx).map_err(|e| StoreError::Backend {
-                message: format!("projection {name}: setting up its tables failed"),
-                source: Some(e),
-            })?;
-            tx.commit().map_err(sqlite_error)?;
-            let checkpoint = load_checkpoint(&conn, &name)?;
-            *lock(&slot) = Some(Box::new(Inner {
-                conn,
-                handler,
-                _lock: file_lock,
-            }));
-            Ok::<_, StoreError>(checkpoint)
-        })
-        .await
-        .map_err(|e| StoreError::backend("a projection's setup panicked", e))??;
-        Ok(checkpoint)
     }
+    .map(|_| ())
+    .map_err(sqlite_error)
+}
 
-    async fn apply(&mut self, batch: EventBatch, next: Position) -> Result<(), ApplyError> {
-        self.with(move |name, inner| {
-            let tx = immediate(&mut inner.conn)?;
+fn bookkeeping(tx: &Transaction<'_>, name: &str, change: &Bookkeeping) -> Result<(), StoreError> {
+    match change {
+        Bookkeeping::Checkpoint(next) => save_checkpoint(tx, name, *next),
+        Bookkeeping::Park(failed) => park_row(tx, name, failed),
+        Bookkeeping::Unpark(position) => delete_parked(tx, name, *position),
+        Bookkeeping::Fault(failed) => set_fault(tx, name, failed),
+        Bookkeeping::Reset => reset_rows(tx, name),
+        Bookkeeping::FinishRequest(request) => tx
+            .execute(
+                "DELETE FROM projection_requests WHERE name = ?1 AND kind = ?2",
+                params![name, request.as_str()],
+            )
+            .map(|_| ())
+            .map_err(sqlite_error),
+    }
+}
+
+/// Runs the handler's step inside `tx`.
+fn run_step<P: SqliteProjection>(
+    handler: &mut P,
+    tx: &Transaction<'_>,
+    step: &Step,
+) -> Result<(), ApplyError> {
+    match step {
+        Step::Setup => handler.setup(tx).map_err(|e| handler_error(0, e)),
+        Step::Apply(batch) => {
             for (index, event) in batch.events().iter().enumerate() {
-                inner
-                    .handler
-                    .apply(&tx, event)
+                handler
+                    .apply(tx, event)
                     .map_err(|e| handler_error(index, e))?;
             }
-            save_checkpoint(&tx, name, next)?;
-            tx.commit().map_err(sqlite_error)?;
             Ok(())
-        })
-        .await?
-    }
-
-    async fn park(&mut self, failed: &FailedEvent, next: Position) -> Result<(), StoreError> {
-        let failed = failed.clone();
-        self.with(move |name, inner| {
-            let tx = immediate(&mut inner.conn)?;
-            park_row(&tx, name, &failed)?;
-            save_checkpoint(&tx, name, next)?;
-            tx.commit().map_err(sqlite_error)
-        })
-        .await?
-    }
-
-    async fn fault(&mut self, failed: &FailedEvent) -> Result<(), StoreError> {
-        let failed = failed.clone();
-        self.with(move |name, inner| set_fault(&inner.conn, name, &failed))
-            .await?
-    }
-
-    async fn parked(&mut self) -> Result<Vec<FailedEvent>, StoreError> {
-        self.with(|name, inner| list_parked(&inner.conn, name))
-            .await?
-    }
-
-    async fn replay_parked(&mut self, event: RecordedEvent) -> Result<(), ApplyError> {
-        self.with(move |name, inner| {
-            let tx = immediate(&mut inner.conn)?;
-            inner
-                .handler
-                .apply(&tx, &event)
-                .map_err(|e| handler_error(0, e))?;
-            delete_parked(&tx, name, event.position)?;
-            tx.commit().map_err(sqlite_error)?;
-            Ok(())
-        })
-        .await?
-    }
-
-    async fn pending_request(&mut self) -> Result<Option<ProjectionRequest>, StoreError> {
-        self.with(|name, inner| read_request(&inner.conn, name))
-            .await?
-    }
-
-    async fn finish_request(&mut self, request: ProjectionRequest) -> Result<(), StoreError> {
-        self.with(move |name, inner| {
-            inner
-                .conn
-                .execute(
-                    "DELETE FROM projection_requests WHERE name = ?1 AND kind = ?2",
-                    params![name, request.as_str()],
-                )
-                .map(|_| ())
-                .map_err(sqlite_error)
-        })
-        .await?
-    }
-
-    async fn reset(&mut self) -> Result<(), ApplyError> {
-        self.with(|name, inner| {
-            let tx = immediate(&mut inner.conn)?;
-            inner.handler.reset(&tx).map_err(|e| handler_error(0, e))?;
-            reset_rows(&tx, name)?;
-            tx.commit().map_err(sqlite_error)?;
-            Ok(())
-        })
-        .await?
-    }
-}
-
-/// Checkpoints in the store's file for [`sirenia_core::projection::AtLeastOnce`] projections
-/// (sinks outside the file). See [`crate::SqliteStore::checkpoints`].
-pub struct SqliteCheckpoints {
-    path: PathBuf,
-    synchronous: &'static str,
-    conn: Option<Connection>,
-}
-
-impl SqliteCheckpoints {
-    pub(crate) fn new(path: &Path, synchronous: &'static str) -> Self {
-        SqliteCheckpoints {
-            path: path.to_owned(),
-            synchronous,
-            conn: None,
         }
-    }
-
-    async fn with<R, F>(&mut self, f: F) -> Result<R, StoreError>
-    where
-        R: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
-    {
-        let conn = self.conn.take();
-        let (path, synchronous) = (self.path.clone(), self.synchronous);
-        let (conn, result) = tokio::task::spawn_blocking(move || {
-            let mut conn = match conn {
-                Some(c) => c,
-                None => match open_connection(&path, synchronous) {
-                    Ok(c) => c,
-                    Err(e) => return (None, Err(e)),
-                },
-            };
-            let result = f(&mut conn);
-            (Some(conn), result)
-        })
-        .await
-        .map_err(|e| StoreError::backend("a checkpoint task panicked", e))?;
-        self.conn = conn;
-        result
+        Step::Replay(event) => handler.apply(tx, event).map_err(|e| handler_error(0, e)),
+        Step::Reset => handler.reset(tx).map_err(|e| handler_error(0, e)),
     }
 }
 
-impl CheckpointStore for SqliteCheckpoints {
-    async fn load(&mut self, name: &str) -> Result<Checkpoint, StoreError> {
-        let name = name.to_owned();
-        self.with(move |c| load_checkpoint(c, &name)).await
-    }
-
-    async fn save(&mut self, name: &str, next: Position) -> Result<(), StoreError> {
-        let name = name.to_owned();
-        self.with(move |c| {
-            let tx = immediate(c)?;
-            save_checkpoint(&tx, &name, next)?;
-            tx.commit().map_err(sqlite_error)
+/// The committed document `id` of `collection`, read on `conn`.
+pub(crate) fn read_document(
+    conn: &Connection,
+    collection: &str,
+    id: &str,
+) -> Result<Option<Value>, StoreError> {
+    let body: Option<String> = conn
+        .prepare_cached("SELECT body FROM documents WHERE collection = ?1 AND id = ?2")
+        .and_then(|mut s| {
+            s.query_row(params![collection, id], |r| r.get(0))
+                .optional()
         })
-        .await
+        .map_err(sqlite_error)?;
+    body.map(|b| decode_document(collection, id, &b))
+        .transpose()
+}
+
+fn decode_document(collection: &str, id: &str, body: &str) -> Result<Value, StoreError> {
+    serde_json::from_str(body).map_err(|e| StoreError::Corrupt {
+        message: format!("document {id:?} of {collection:?} is not JSON: {e}"),
+    })
+}
+
+impl<P: SqliteProjection> ProjectionBackend for SqliteBackend<P> {
+    async fn lock(&mut self, name: &str) -> Result<(), StoreError> {
+        if let Some((held, _)) = &self.lock {
+            if held == name {
+                return Ok(());
+            }
+            return Err(StoreError::InvalidOptions {
+                message: format!("this backend already holds the lock of projection {held}"),
+            });
+        }
+        // Cancelled while waiting (a standby shutting down), nothing is lost.
+        let file = take_lock(&self.path, name).await?;
+        self.lock = Some((name.to_owned(), file));
+        Ok(())
     }
 
-    async fn park(
-        &mut self,
-        name: &str,
-        failed: &FailedEvent,
-        next: Position,
-    ) -> Result<(), StoreError> {
-        let (name, failed) = (name.to_owned(), failed.clone());
-        self.with(move |c| {
-            let tx = immediate(c)?;
-            park_row(&tx, &name, &failed)?;
-            save_checkpoint(&tx, &name, next)?;
-            tx.commit().map_err(sqlite_error)
-        })
-        .await
-    }
-
-    async fn fault(&mut self, name: &str, failed: &FailedEvent) -> Result<(), StoreError> {
-        let (name, failed) = (name.to_owned(), failed.clone());
-        self.with(move |c| set_fault(c, &name, &failed)).await
+    async fn checkpoint(&mut self, name: &str) -> Result<Checkpoint, StoreError> {
+        let name = name.to_owned();
+        self.with(move |inner| load_checkpoint(&inner.conn, &name))
+            .await?
     }
 
     async fn parked(&mut self, name: &str) -> Result<Vec<FailedEvent>, StoreError> {
         let name = name.to_owned();
-        self.with(move |c| list_parked(c, &name)).await
+        self.with(move |inner| list_parked(&inner.conn, &name))
+            .await?
     }
 
-    async fn unpark(&mut self, name: &str, position: Position) -> Result<(), StoreError> {
+    async fn pending_request(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<ProjectionRequest>, StoreError> {
         let name = name.to_owned();
-        self.with(move |c| {
-            let tx = immediate(c)?;
-            delete_parked(&tx, &name, position)?;
-            tx.commit().map_err(sqlite_error)
-        })
-        .await
+        self.with(move |inner| read_request(&inner.conn, &name))
+            .await?
     }
 
-    async fn reset(&mut self, name: &str) -> Result<(), StoreError> {
+    async fn document(&mut self, collection: &str, id: &str) -> Result<Option<Value>, StoreError> {
+        let (collection, id) = (collection.to_owned(), id.to_owned());
+        self.with(move |inner| read_document(&inner.conn, &collection, &id))
+            .await?
+    }
+
+    async fn commit(&mut self, name: &str, work: Work) -> Result<(), ApplyError> {
         let name = name.to_owned();
-        self.with(move |c| {
-            let tx = immediate(c)?;
-            reset_rows(&tx, &name)?;
-            tx.commit().map_err(sqlite_error)
+        let notify = !work.bookkeeping.is_empty();
+        self.with(move |inner| {
+            let tx = immediate(&mut inner.conn)?;
+            if let Some(step) = &work.step {
+                run_step(&mut inner.handler, &tx, step)?;
+            }
+            for write in &work.documents {
+                put_document(&tx, write)?;
+            }
+            for change in &work.bookkeeping {
+                bookkeeping(&tx, &name, change)?;
+            }
+            tx.commit().map_err(sqlite_error)?;
+            Ok::<(), ApplyError>(())
         })
-        .await
+        .await??;
+        if notify {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(())
     }
 }
 
-/// The version of read model `name` readers should use (blue/green), if one was set.
-pub(crate) fn active_version(path: &Path, name: &str) -> Result<Option<String>, StoreError> {
+/// The stored checkpoint of `name`.
+pub(crate) fn stored_checkpoint(path: &Path, name: &str) -> Result<Checkpoint, StoreError> {
+    load_checkpoint(&read_only(path)?, name)
+}
+
+/// The committed document `id` of `collection`.
+pub(crate) fn stored_document(
+    path: &Path,
+    collection: &str,
+    id: &str,
+) -> Result<Option<Value>, StoreError> {
+    read_document(&read_only(path)?, collection, id)
+}
+
+/// At most `limit` documents of `collection` after `after`, by id.
+pub(crate) fn stored_documents(
+    path: &Path,
+    collection: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<Document>, StoreError> {
+    let conn = read_only(path)?;
+    let mut stmt = conn
+        .prepare(
+            "SELECT id, body FROM documents WHERE collection = ?1 AND id > ?2
+             ORDER BY id LIMIT ?3",
+        )
+        .map_err(sqlite_error)?;
+    let rows = stmt
+        .query_map(
+            params![collection, after.unwrap_or(""), to_i64(limit as u64)],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        )
+        .map_err(sqlite_error)?;
+    let mut documents = Vec::new();
+    for row in rows {
+        let (id, body) = row.map_err(sqlite_error)?;
+        let body = decode_document(collection, &id, &body)?;
+        documents.push(Document { id, body });
+    }
+    Ok(documents)
+}
+
+/// A read-only connection for the admin port's queries, waiting on a busy file.
+fn read_only(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(sqlite_error)?;
     conn.busy_handler(Some(crate::wait_for_lock))
         .map_err(sqlite_error)?;
+    Ok(conn)
+}
+
+/// The version of read model `name` readers should use (blue/green), if one was set.
+pub(crate) fn active_version(path: &Path, name: &str) -> Result<Option<String>, StoreError> {
+    let conn = read_only(path)?;
     conn.query_row(
         "SELECT version FROM projection_versions WHERE name = ?1",
         [name],
@@ -621,8 +659,7 @@ pub(crate) fn set_active_version(
 pub(crate) fn stored_projections(
     path: &Path,
 ) -> Result<Vec<sirenia_core::projection::StoredProjection>, StoreError> {
-    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(sqlite_error)?;
+    let conn = read_only(path)?;
     let mut stmt = conn
         .prepare(
             "SELECT p.name, (SELECT count(*) FROM parked_events e WHERE e.name = p.name)
@@ -650,8 +687,7 @@ pub(crate) fn stored_projections(
 
 /// The parked events of projection `name`.
 pub(crate) fn stored_parked(path: &Path, name: &str) -> Result<Vec<FailedEvent>, StoreError> {
-    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(sqlite_error)?;
+    let conn = read_only(path)?;
     list_parked(&conn, name)
 }
 
@@ -678,8 +714,7 @@ pub(crate) fn pending_request(
     path: &Path,
     name: &str,
 ) -> Result<Option<ProjectionRequest>, StoreError> {
-    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(sqlite_error)?;
+    let conn = read_only(path)?;
     read_request(&conn, name)
 }
 

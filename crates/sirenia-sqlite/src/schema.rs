@@ -76,10 +76,16 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         readable_from INTEGER NOT NULL,
         status        INTEGER NOT NULL
      ) STRICT;",
+    // 4: document read models (`DocumentProjection`): JSON documents by collection and id,
+    // written by the projection that owns the collection, with its checkpoint.
+    "CREATE TABLE documents (
+        collection TEXT NOT NULL,
+        id         TEXT NOT NULL,
+        body       TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (collection, id)
+     ) STRICT, WITHOUT ROWID;",
 ];
-
-/// The first schema version with the projection tables.
-pub(crate) const PROJECTIONS_VERSION: usize = 2;
 
 /// The schema version this build writes.
 pub(crate) const SCHEMA_VERSION: usize = MIGRATIONS.len();

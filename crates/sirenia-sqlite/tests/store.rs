@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
 use serde_json::json;
+use sirenia_core::StoreAdmin;
 use sirenia_core::{
     EventFilter, EventStore, ExpectedVersion, NewEvent, Position, ReadAll, StoreError, StreamId,
     StreamWrite, Subscribe, SubscriptionItem,
@@ -354,15 +355,7 @@ async fn snapshots_in_the_file_pass_the_snapshot_cases() {
     let store = SqliteStore::open(dir.path().join("events.db"))
         .await
         .unwrap();
-    sirenia_testkit::snapshots::snapshot_store_cases(&store.snapshots()).await;
-    sirenia_testkit::snapshots::snapshot_repository_cases(
-        store.clone(),
-        std::sync::Arc::new(store.snapshots()),
-    )
-    .await;
-    sirenia_testkit::snapshots::lifecycle_repository_cases(
-        store.clone(),
-        std::sync::Arc::new(store.snapshots()),
-    )
-    .await;
+    sirenia_testkit::snapshots::snapshot_store_cases(&*store.snapshots()).await;
+    sirenia_testkit::snapshots::snapshot_repository_cases(store.clone(), store.snapshots()).await;
+    sirenia_testkit::snapshots::lifecycle_repository_cases(store.clone(), store.snapshots()).await;
 }

@@ -36,6 +36,7 @@ pub mod guard;
 pub mod oracle;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod projections;
 pub mod snapshots;
 
 pub use fixture::{AggregateFixture, AggregateVerdict};

@@ -22,6 +22,9 @@ struct CutBetweenPages {
 }
 
 impl EventStore for CutBetweenPages {
+    fn capabilities(&self) -> sirenia_core::Capabilities {
+        self.inner.capabilities()
+    }
     async fn append(&self, writes: Vec<StreamWrite>) -> Result<AppendResult, StoreError> {
         self.inner.append(writes).await
     }

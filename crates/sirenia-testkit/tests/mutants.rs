@@ -50,6 +50,9 @@ fn fresh_ids(writes: &mut [StreamWrite]) {
 }
 
 impl EventStore for Broken {
+    fn capabilities(&self) -> sirenia_core::Capabilities {
+        self.inner.capabilities()
+    }
     async fn append(&self, mut writes: Vec<StreamWrite>) -> Result<AppendResult, StoreError> {
         match self.mutation {
             Mutation::IgnoreExpectedVersion => {

@@ -1,13 +1,26 @@
 //! [`AnyStore`]: one store type for programs that pick their store at run time from a path or
-//! a URL, as the reference service and the `sirenia` CLI do.
+//! a URL, as the reference service and the `sirenia` CLI do. It forwards the event port and
+//! the admin port to whichever store it holds, so code above it asks [`Capabilities`] instead
+//! of matching on the kind of store.
 
-use sirenia_core::projection::{FailedEvent, ProjectionRequest, StoredProjection};
-use sirenia_core::store::{AllPage, Direction, EventFilter, ImportBatch, StreamWrite};
-use sirenia_core::{
-    AppendResult, EventId, EventStore, InMemoryStore, Position, RecordedEvent, StoreError, StreamId,
+use std::sync::Arc;
+
+use serde_json::Value;
+use sirenia_core::admin::Capabilities;
+use sirenia_core::projection::{
+    ApplyError, Checkpoint, FailedEvent, ProjectionRequest, StoredProjection,
 };
+use sirenia_core::snapshot::SnapshotStore;
+use sirenia_core::store::{AllPage, Direction, EventFilter, ImportBatch, StreamWrite};
+use sirenia_core::transactional::{BackendCheckpoints, ProjectionBackend, Work};
+use sirenia_core::{
+    AppendResult, Document, EventId, EventStore, InMemoryStore, MemoryBackend, Position,
+    RecordedEvent, StoreAdmin, StoreError, StreamId,
+};
+use tokio::sync::watch;
 
-/// Any of Sirenia's stores, chosen at run time. It implements [`EventStore`] by delegating.
+/// Any of Sirenia's stores, chosen at run time. It implements [`EventStore`] and
+/// [`StoreAdmin`] by delegating.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum AnyStore {
@@ -28,11 +41,28 @@ pub fn is_postgres_url(location: &str) -> bool {
     lower.starts_with("postgres://") || lower.starts_with("postgresql://")
 }
 
+/// How [`AnyStore::open_with`] opens a store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// Open an existing embedded store read-only, beside a writer in another process (appends
+    /// fail); the file must exist. PostgreSQL stores are always opened for reading and
+    /// writing (many processes share one database).
+    pub read_only: bool,
+    /// The PostgreSQL schema holding the store's tables (`sirenia` when not given).
+    pub postgres_schema: Option<String>,
+}
+
 impl AnyStore {
-    /// Opens the store at `location`: a `postgres://` or `postgresql://` URL connects to
-    /// PostgreSQL (feature `postgres`); anything else is the path of an embedded-store file
-    /// (feature `sqlite`), created with its parent directories if missing.
+    /// Opens the store at `location` for reading and writing: a `postgres://` or
+    /// `postgresql://` URL connects to PostgreSQL (feature `postgres`); anything else is the
+    /// path of an embedded-store file (feature `sqlite`), created with its parent directories
+    /// if missing.
     pub async fn open(location: &str) -> Result<Self, StoreError> {
+        Self::open_with(location, OpenOptions::default()).await
+    }
+
+    /// Opens the store at `location` (as [`AnyStore::open`]) with `options`.
+    pub async fn open_with(location: &str, options: OpenOptions) -> Result<Self, StoreError> {
         if location.is_empty() {
             return Err(StoreError::InvalidOptions {
                 message: "the store location is empty: give a file path or a postgres:// URL"
@@ -41,93 +71,47 @@ impl AnyStore {
         }
         if is_postgres_url(location) {
             #[cfg(feature = "postgres")]
-            return sirenia_postgres::PostgresStore::connect(location)
-                .await
-                .map(AnyStore::Postgres);
+            {
+                let defaults = sirenia_postgres::PostgresOptions::default();
+                let pg = sirenia_postgres::PostgresOptions {
+                    schema: options.postgres_schema.unwrap_or(defaults.schema.clone()),
+                    ..defaults
+                };
+                return sirenia_postgres::PostgresStore::connect_with(location, pg)
+                    .await
+                    .map(AnyStore::Postgres);
+            }
             #[cfg(not(feature = "postgres"))]
             return Err(StoreError::InvalidOptions {
                 message: "this build has no PostgreSQL support (feature `postgres`)".to_owned(),
             });
         }
         #[cfg(feature = "sqlite")]
-        return sirenia_sqlite::SqliteStore::open(location)
-            .await
-            .map(AnyStore::Sqlite);
+        {
+            if options.read_only {
+                if !std::path::Path::new(location).exists() {
+                    return Err(StoreError::InvalidOptions {
+                        message: format!("no store at {location}"),
+                    });
+                }
+                return sirenia_sqlite::SqliteStore::open_read_only(
+                    location,
+                    sirenia_sqlite::SqliteOptions::default(),
+                )
+                .await
+                .map(AnyStore::Sqlite);
+            }
+            sirenia_sqlite::SqliteStore::open(location)
+                .await
+                .map(AnyStore::Sqlite)
+        }
         #[cfg(not(feature = "sqlite"))]
         return Err(StoreError::InvalidOptions {
             message: "this build has no embedded store (feature `sqlite`)".to_owned(),
         });
     }
 
-    /// Appends one batch of an import, keeping each event's `recorded_at` (see
-    /// [`sirenia_core::store::import_batches`]). The in-memory store cannot.
-    pub async fn import(&self, batch: ImportBatch) -> Result<AppendResult, StoreError> {
-        match self {
-            AnyStore::Memory(_) => Err(StoreError::InvalidOptions {
-                message: "the in-memory store cannot import events with their timestamps"
-                    .to_owned(),
-            }),
-            #[cfg(feature = "sqlite")]
-            AnyStore::Sqlite(s) => s.import(batch).await,
-            #[cfg(feature = "postgres")]
-            AnyStore::Postgres(s) => s.import(batch).await,
-        }
-    }
-
-    /// Every projection the store records (none for the in-memory store).
-    pub async fn projections(&self) -> Result<Vec<StoredProjection>, StoreError> {
-        match self {
-            AnyStore::Memory(_) => Ok(Vec::new()),
-            #[cfg(feature = "sqlite")]
-            AnyStore::Sqlite(s) => s.projections().await,
-            #[cfg(feature = "postgres")]
-            AnyStore::Postgres(s) => s.projections().await,
-        }
-    }
-
-    /// Asks the running projector of `name` to carry out `request`.
-    pub async fn request_projection(
-        &self,
-        name: &str,
-        request: ProjectionRequest,
-    ) -> Result<(), StoreError> {
-        match self {
-            AnyStore::Memory(_) => Err(StoreError::InvalidOptions {
-                message: "the in-memory store keeps no projections".to_owned(),
-            }),
-            #[cfg(feature = "sqlite")]
-            AnyStore::Sqlite(s) => s.request_projection(name, request).await,
-            #[cfg(feature = "postgres")]
-            AnyStore::Postgres(s) => s.request_projection(name, request).await,
-        }
-    }
-
-    /// The request for `name` its projector has not taken yet.
-    pub async fn pending_request(
-        &self,
-        name: &str,
-    ) -> Result<Option<ProjectionRequest>, StoreError> {
-        match self {
-            AnyStore::Memory(_) => Ok(None),
-            #[cfg(feature = "sqlite")]
-            AnyStore::Sqlite(s) => s.pending_request(name).await,
-            #[cfg(feature = "postgres")]
-            AnyStore::Postgres(s) => s.pending_request(name).await,
-        }
-    }
-
-    /// The events projection `name` parked (none for the in-memory store).
-    pub async fn parked(&self, name: &str) -> Result<Vec<FailedEvent>, StoreError> {
-        match self {
-            AnyStore::Memory(_) => Ok(Vec::new()),
-            #[cfg(feature = "sqlite")]
-            AnyStore::Sqlite(s) => s.parked(name).await,
-            #[cfg(feature = "postgres")]
-            AnyStore::Postgres(s) => s.parked(name).await,
-        }
-    }
-
-    /// A short name of the backend: `memory`, `sqlite` or `postgres`.
+    /// A short name of the backend, for logs: `memory`, `sqlite` or `postgres`.
     pub fn backend(&self) -> &'static str {
         match self {
             AnyStore::Memory(_) => "memory",
@@ -228,80 +212,136 @@ impl EventStore for AnyStore {
         delegate!(self, s => s.wait_for_events(from).await)
     }
 
-    fn dense_positions(&self) -> bool {
-        delegate!(self, s => s.dense_positions())
+    fn capabilities(&self) -> Capabilities {
+        delegate!(self, s => s.capabilities())
     }
+}
+
+impl StoreAdmin for AnyStore {
+    type Backend = AnyBackend;
+
+    fn projection_backend(&self) -> AnyBackend {
+        match self {
+            AnyStore::Memory(s) => AnyBackend::Memory(s.projection_backend()),
+            #[cfg(feature = "sqlite")]
+            AnyStore::Sqlite(s) => AnyBackend::Sqlite(s.projection_backend()),
+            #[cfg(feature = "postgres")]
+            AnyStore::Postgres(s) => AnyBackend::Postgres(Box::new(s.projection_backend())),
+        }
+    }
+
+    fn snapshots(&self) -> Arc<dyn SnapshotStore> {
+        delegate!(self, s => s.snapshots())
+    }
+
+    async fn import(&self, batch: ImportBatch) -> Result<AppendResult, StoreError> {
+        delegate!(self, s => s.import(batch).await)
+    }
+
+    async fn projections(&self) -> Result<Vec<StoredProjection>, StoreError> {
+        delegate!(self, s => s.projections().await)
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<Checkpoint, StoreError> {
+        delegate!(self, s => StoreAdmin::checkpoint(s, name).await)
+    }
+
+    async fn parked(&self, name: &str) -> Result<Vec<FailedEvent>, StoreError> {
+        delegate!(self, s => StoreAdmin::parked(s, name).await)
+    }
+
+    async fn request_projection(
+        &self,
+        name: &str,
+        request: ProjectionRequest,
+    ) -> Result<(), StoreError> {
+        delegate!(self, s => StoreAdmin::request_projection(s, name, request).await)
+    }
+
+    async fn pending_request(&self, name: &str) -> Result<Option<ProjectionRequest>, StoreError> {
+        delegate!(self, s => StoreAdmin::pending_request(s, name).await)
+    }
+
+    async fn set_active_version(&self, name: &str, version: &str) -> Result<(), StoreError> {
+        delegate!(self, s => StoreAdmin::set_active_version(s, name, version).await)
+    }
+
+    async fn active_version(&self, name: &str) -> Result<Option<String>, StoreError> {
+        delegate!(self, s => StoreAdmin::active_version(s, name).await)
+    }
+
+    async fn document(&self, collection: &str, id: &str) -> Result<Option<Value>, StoreError> {
+        delegate!(self, s => s.document(collection, id).await)
+    }
+
+    async fn documents(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Document>, StoreError> {
+        delegate!(self, s => s.documents(collection, after, limit).await)
+    }
+
+    fn projection_changes(&self) -> watch::Receiver<u64> {
+        delegate!(self, s => StoreAdmin::projection_changes(s))
+    }
+}
+
+/// The [`ProjectionBackend`] of whichever store an [`AnyStore`] holds.
+#[non_exhaustive]
+pub enum AnyBackend {
+    /// The in-memory store's.
+    Memory(MemoryBackend),
+    /// The embedded store's.
+    #[cfg(feature = "sqlite")]
+    Sqlite(sirenia_sqlite::SqliteBackend<()>),
+    /// The PostgreSQL store's.
+    #[cfg(feature = "postgres")]
+    Postgres(Box<sirenia_postgres::PostgresBackend<()>>),
 }
 
 /// Checkpoints in whichever store an [`AnyStore`] holds, for at-least-once projections.
-#[non_exhaustive]
-pub enum AnyCheckpoints {
-    /// In memory (the in-memory store).
-    Memory(sirenia_core::projection::MemoryCheckpoints),
-    /// In the embedded store's file.
-    #[cfg(feature = "sqlite")]
-    Sqlite(sirenia_sqlite::SqliteCheckpoints),
-    /// In the PostgreSQL schema.
-    #[cfg(feature = "postgres")]
-    Postgres(sirenia_postgres::PostgresCheckpoints),
-}
+pub type AnyCheckpoints = BackendCheckpoints<AnyBackend>;
 
-impl AnyStore {
-    /// Checkpoints kept in this store.
-    pub fn checkpoints(&self) -> AnyCheckpoints {
-        match self {
-            AnyStore::Memory(_) => {
-                AnyCheckpoints::Memory(sirenia_core::projection::MemoryCheckpoints::new())
-            }
-            #[cfg(feature = "sqlite")]
-            AnyStore::Sqlite(s) => AnyCheckpoints::Sqlite(s.checkpoints()),
-            #[cfg(feature = "postgres")]
-            AnyStore::Postgres(s) => AnyCheckpoints::Postgres(s.checkpoints()),
-        }
-    }
-}
-
-macro_rules! checkpoints {
-    ($self:expr, $c:ident => $call:expr) => {
+macro_rules! backend {
+    ($self:expr, $b:ident => $call:expr) => {
         match $self {
-            AnyCheckpoints::Memory($c) => $call,
+            AnyBackend::Memory($b) => $call,
             #[cfg(feature = "sqlite")]
-            AnyCheckpoints::Sqlite($c) => $call,
+            AnyBackend::Sqlite($b) => $call,
             #[cfg(feature = "postgres")]
-            AnyCheckpoints::Postgres($c) => $call,
+            AnyBackend::Postgres($b) => $call,
         }
     };
 }
 
-impl sirenia_core::projection::CheckpointStore for AnyCheckpoints {
-    async fn load(
-        &mut self,
-        name: &str,
-    ) -> Result<sirenia_core::projection::Checkpoint, StoreError> {
-        checkpoints!(self, c => c.load(name).await)
+impl ProjectionBackend for AnyBackend {
+    async fn lock(&mut self, name: &str) -> Result<(), StoreError> {
+        backend!(self, b => b.lock(name).await)
     }
-    async fn save(&mut self, name: &str, next: Position) -> Result<(), StoreError> {
-        checkpoints!(self, c => c.save(name, next).await)
+
+    async fn checkpoint(&mut self, name: &str) -> Result<Checkpoint, StoreError> {
+        backend!(self, b => b.checkpoint(name).await)
     }
-    async fn park(
-        &mut self,
-        name: &str,
-        failed: &FailedEvent,
-        next: Position,
-    ) -> Result<(), StoreError> {
-        checkpoints!(self, c => c.park(name, failed, next).await)
-    }
-    async fn fault(&mut self, name: &str, failed: &FailedEvent) -> Result<(), StoreError> {
-        checkpoints!(self, c => c.fault(name, failed).await)
-    }
+
     async fn parked(&mut self, name: &str) -> Result<Vec<FailedEvent>, StoreError> {
-        checkpoints!(self, c => c.parked(name).await)
+        backend!(self, b => b.parked(name).await)
     }
-    async fn unpark(&mut self, name: &str, position: Position) -> Result<(), StoreError> {
-        checkpoints!(self, c => c.unpark(name, position).await)
+
+    async fn pending_request(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<ProjectionRequest>, StoreError> {
+        backend!(self, b => b.pending_request(name).await)
     }
-    async fn reset(&mut self, name: &str) -> Result<(), StoreError> {
-        checkpoints!(self, c => c.reset(name).await)
+
+    async fn document(&mut self, collection: &str, id: &str) -> Result<Option<Value>, StoreError> {
+        backend!(self, b => b.document(collection, id).await)
+    }
+
+    async fn commit(&mut self, name: &str, work: Work) -> Result<(), ApplyError> {
+        backend!(self, b => b.commit(name, work).await)
     }
 }
 

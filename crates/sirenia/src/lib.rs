@@ -60,7 +60,7 @@
 pub use sirenia_core::*;
 
 mod any;
-pub use any::{AnyCheckpoints, AnyStore, is_postgres_url};
+pub use any::{AnyBackend, AnyCheckpoints, AnyStore, OpenOptions, is_postgres_url};
 
 /// Metrics and tracing around any store.
 #[cfg(feature = "metrics")]

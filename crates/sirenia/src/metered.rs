@@ -1,10 +1,12 @@
-//! [`Metered`]: any store, with metrics and tracing spans around its appends and reads.
+//! [`Metered`]: any store, with metrics and tracing spans around its appends and reads. A
+//! [`StoreWrapper`]: everything it does not measure, the admin port included, is the wrapped
+//! store's.
 
 use std::time::Instant;
 
 use sirenia_core::store::{AllPage, Direction, EventFilter, StreamWrite};
 use sirenia_core::{
-    AppendResult, EventId, EventStore, Position, RecordedEvent, StoreError, StreamId,
+    AppendResult, EventStore, Position, RecordedEvent, StoreError, StoreWrapper, StreamId,
 };
 use tracing::Instrument;
 
@@ -35,11 +37,6 @@ impl<S: EventStore> Metered<S> {
     pub fn new(inner: S) -> Self {
         Metered { inner }
     }
-
-    /// The wrapped store.
-    pub fn inner(&self) -> &S {
-        &self.inner
-    }
 }
 
 fn saw_position(position: Position) {
@@ -48,8 +45,14 @@ fn saw_position(position: Position) {
     metrics::gauge!(HEAD_POSITION).set(position.0 as f64);
 }
 
-impl<S: EventStore> EventStore for Metered<S> {
-    async fn append(&self, writes: Vec<StreamWrite>) -> Result<AppendResult, StoreError> {
+impl<S: EventStore> StoreWrapper for Metered<S> {
+    type Inner = S;
+
+    fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    async fn wrap_append(&self, writes: Vec<StreamWrite>) -> Result<AppendResult, StoreError> {
         let events: usize = writes.iter().map(|w| w.events.len()).sum();
         let span = tracing::debug_span!(
             "sirenia.append",
@@ -83,36 +86,13 @@ impl<S: EventStore> EventStore for Metered<S> {
         result
     }
 
-    async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
-        self.inner.stream_version(stream).await
-    }
-
-    async fn stream_info(
-        &self,
-        stream: &StreamId,
-    ) -> Result<Option<sirenia_core::StreamInfo>, StoreError> {
-        self.inner.stream_info(stream).await
-    }
-
-    async fn change_stream(
-        &self,
-        stream: &StreamId,
-        change: sirenia_core::StreamChange,
-    ) -> Result<Option<sirenia_core::StreamInfo>, StoreError> {
-        self.inner.change_stream(stream, change).await
-    }
-
-    async fn event_by_id(&self, id: EventId) -> Result<Option<RecordedEvent>, StoreError> {
-        self.inner.event_by_id(id).await
-    }
-
-    async fn head_position(&self) -> Result<Position, StoreError> {
+    async fn wrap_head_position(&self) -> Result<Position, StoreError> {
         let head = self.inner.head_position().await?;
         saw_position(head);
         Ok(head)
     }
 
-    async fn read_stream_page(
+    async fn wrap_read_stream_page(
         &self,
         stream: &StreamId,
         from: u64,
@@ -127,7 +107,7 @@ impl<S: EventStore> EventStore for Metered<S> {
         Ok(page)
     }
 
-    async fn read_all_page(
+    async fn wrap_read_all_page(
         &self,
         from: Position,
         direction: Direction,
@@ -140,13 +120,5 @@ impl<S: EventStore> EventStore for Metered<S> {
             .await?;
         metrics::counter!(EVENTS_READ_TOTAL).increment(page.events.len() as u64);
         Ok(page)
-    }
-
-    async fn wait_for_events(&self, from: Position) -> Result<(), StoreError> {
-        self.inner.wait_for_events(from).await
-    }
-
-    fn dense_positions(&self) -> bool {
-        self.inner.dense_positions()
     }
 }

@@ -5,8 +5,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
-use sirenia::postgres::{PostgresOptions, PostgresStore};
-use sirenia::{AnyStore, StoreError, is_postgres_url};
+use sirenia::{AnyStore, OpenOptions, StoreError};
 
 /// Bank accounts over HTTP, event-sourced with Sirenia.
 #[derive(Parser, Debug)]
@@ -24,17 +23,11 @@ struct Args {
 }
 
 async fn open(args: &Args) -> Result<AnyStore, StoreError> {
-    if is_postgres_url(&args.store) {
-        let options = PostgresOptions {
-            schema: args.pg_schema.clone(),
-            ..PostgresOptions::default()
-        };
-        PostgresStore::connect_with(&args.store, options)
-            .await
-            .map(AnyStore::from)
-    } else {
-        AnyStore::open(&args.store).await
-    }
+    let options = OpenOptions {
+        postgres_schema: Some(args.pg_schema.clone()),
+        ..OpenOptions::default()
+    };
+    AnyStore::open_with(&args.store, options).await
 }
 
 /// Resolves on SIGINT or SIGTERM.

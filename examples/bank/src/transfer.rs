@@ -340,7 +340,7 @@ pub fn start(
         AtLeastOnce, FailurePolicy, OnFailure, ProjectionOptions, Projector,
     };
     let runner = ProcessRunner::new(transfers, TransferSteps::new(accounts));
-    let target = AtLeastOnce::new(RUNNER, runner, store.checkpoints());
+    let target = AtLeastOnce::new(RUNNER, runner, sirenia::StoreAdmin::checkpoints(store));
     let options = ProjectionOptions {
         filter: ProcessRunner::<Transfer, Store, TransferSteps>::filter(),
         batch_size: 100,
