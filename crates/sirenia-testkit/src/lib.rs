@@ -2,9 +2,10 @@
 //!
 //! What every Sirenia store and every Sirenia user tests with:
 //!
-//! - [`conformance`]: one `pub async fn` per guarantee of the store port. A store's integration
-//!   test runs them all with [`conformance_tests!`], which also runs the [`oracle`] property test
-//!   (random operation sequences compared with the in-memory store);
+//! - [`conformance`]: one `pub async fn` per guarantee of the store port, listed once in
+//!   [`for_each_conformance_case!`]. A store's integration test runs them all with
+//!   [`conformance_tests!`], which also runs the [`oracle`] property test (random operation
+//!   sequences compared with the in-memory store);
 //! - [`fixture`]: given/when/then tests for aggregates;
 //! - [`alloc`]: the counting allocator behind the bounded-memory case;
 //! - [`Guarded`]: a store that cleans up after itself (temporary files, throwaway schemas).
@@ -60,9 +61,10 @@ pub fn run_case(name: &str, case: impl Future<Output = ()> + Send) {
     });
 }
 
-/// Expands to one `#[test]` per conformance case plus the oracle property test, each on a fresh
-/// store from `$make_store` (an `async fn() -> impl EventStore` returning an empty store), and
-/// installs [`alloc::CountingAllocator`] as the binary's global allocator.
+/// Expands to one `#[test]` per conformance case (named as the case, made from the list in
+/// [`for_each_conformance_case!`]) plus the oracle property test, each on a fresh store from
+/// `$make_store` (an `async fn() -> impl EventStore` returning an empty store), and installs
+/// [`alloc::CountingAllocator`] as the binary's global allocator.
 ///
 /// Use it once per test binary (it defines the global allocator).
 #[macro_export]
@@ -72,29 +74,7 @@ macro_rules! conformance_tests {
         static SIRENIA_TESTKIT_ALLOCATOR: $crate::alloc::CountingAllocator =
             $crate::alloc::CountingAllocator;
 
-        $crate::conformance_tests!(@cases $make_store;
-            expected_any,
-            expected_no_stream,
-            expected_stream_exists,
-            expected_exact,
-            append_result_matches_stored_events,
-            multi_stream_append_is_atomic,
-            empty_write_checks_expectation_only,
-            idempotent_reappend,
-            reused_event_id_is_rejected,
-            positions_follow_commit_order,
-            read_stream_paging,
-            read_all_filters_and_directions,
-            limits_are_enforced,
-            metadata_and_payload_round_trip,
-            concurrent_writers_one_winner_per_round,
-            subscription_catch_up_then_live,
-            subscription_sees_concurrent_writers_in_order,
-            large_stream_reads_in_bounded_memory,
-            soft_delete_hides_and_recreation_continues_revisions,
-            tombstone_refuses_reads_writes_and_changes,
-            truncate_hides_older_revisions_from_stream_reads,
-        );
+        $crate::for_each_conformance_case!($crate::conformance_tests!(@cases $make_store;));
 
         #[test]
         fn oracle_property() {
@@ -111,32 +91,5 @@ macro_rules! conformance_tests {
                 });
             }
         )*
-
-        #[test]
-        fn every_conformance_case_runs() {
-            let ran: &[&str] = &[$(stringify!($case)),*];
-            assert_eq!(ran, $crate::conformance::CASES, "the macro runs every listed case");
-        }
     };
-}
-
-#[cfg(test)]
-mod tests {
-    /// Every `pub async fn` case in the suite is listed in `CASES` (and so run by the macro,
-    /// whose own test compares its list with `CASES`).
-    #[test]
-    fn cases_list_names_every_case() {
-        let source = include_str!("conformance.rs");
-        let defined: Vec<&str> = source
-            .lines()
-            .filter_map(|l| l.strip_prefix("pub async fn "))
-            .filter_map(|rest| rest.split(['<', '(']).next())
-            .collect();
-        let helpers = ["read_stream_all", "read_category"];
-        let cases: Vec<&str> = defined
-            .into_iter()
-            .filter(|name| !helpers.contains(name))
-            .collect();
-        assert_eq!(cases, crate::conformance::CASES);
-    }
 }

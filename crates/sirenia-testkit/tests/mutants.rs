@@ -219,54 +219,19 @@ fn make(mutation: Mutation) -> Broken {
     }
 }
 
-async fn run_named(name: &str, store: &Broken) {
-    match name {
-        "expected_any" => conformance::expected_any(store).await,
-        "expected_no_stream" => conformance::expected_no_stream(store).await,
-        "expected_stream_exists" => conformance::expected_stream_exists(store).await,
-        "expected_exact" => conformance::expected_exact(store).await,
-        "append_result_matches_stored_events" => {
-            conformance::append_result_matches_stored_events(store).await
+/// Defines `run_named`, which runs the case called `name` on `store`, from the suite's list.
+macro_rules! dispatcher {
+    ($($case:ident),* $(,)?) => {
+        async fn run_named(name: &str, store: &Broken) {
+            match name {
+                $(stringify!($case) => conformance::$case(store).await,)*
+                other => panic!("unknown case {other}"),
+            }
         }
-        "multi_stream_append_is_atomic" => conformance::multi_stream_append_is_atomic(store).await,
-        "empty_write_checks_expectation_only" => {
-            conformance::empty_write_checks_expectation_only(store).await
-        }
-        "idempotent_reappend" => conformance::idempotent_reappend(store).await,
-        "reused_event_id_is_rejected" => conformance::reused_event_id_is_rejected(store).await,
-        "positions_follow_commit_order" => conformance::positions_follow_commit_order(store).await,
-        "read_stream_paging" => conformance::read_stream_paging(store).await,
-        "read_all_filters_and_directions" => {
-            conformance::read_all_filters_and_directions(store).await
-        }
-        "limits_are_enforced" => conformance::limits_are_enforced(store).await,
-        "metadata_and_payload_round_trip" => {
-            conformance::metadata_and_payload_round_trip(store).await
-        }
-        "concurrent_writers_one_winner_per_round" => {
-            conformance::concurrent_writers_one_winner_per_round(store).await
-        }
-        "subscription_catch_up_then_live" => {
-            conformance::subscription_catch_up_then_live(store).await
-        }
-        "subscription_sees_concurrent_writers_in_order" => {
-            conformance::subscription_sees_concurrent_writers_in_order(store).await
-        }
-        "large_stream_reads_in_bounded_memory" => {
-            conformance::large_stream_reads_in_bounded_memory(store).await
-        }
-        "soft_delete_hides_and_recreation_continues_revisions" => {
-            conformance::soft_delete_hides_and_recreation_continues_revisions(store).await
-        }
-        "tombstone_refuses_reads_writes_and_changes" => {
-            conformance::tombstone_refuses_reads_writes_and_changes(store).await
-        }
-        "truncate_hides_older_revisions_from_stream_reads" => {
-            conformance::truncate_hides_older_revisions_from_stream_reads(store).await
-        }
-        other => panic!("unknown case {other}"),
-    }
+    };
 }
+
+sirenia_testkit::for_each_conformance_case!(dispatcher!());
 
 /// Whether case `name` passes on a store with `mutation`.
 fn passes(mutation: Mutation, name: &'static str) -> bool {
@@ -282,6 +247,10 @@ fn passes(mutation: Mutation, name: &'static str) -> bool {
 #[track_caller]
 fn assert_caught(mutation: Mutation, cases: &[&'static str]) {
     for case in cases {
+        assert!(
+            conformance::CASES.contains(case),
+            "{case} is not a conformance case"
+        );
         assert!(
             !passes(mutation, case),
             "case {case} passed on a store broken by {mutation:?}: it does not guard its guarantee"
