@@ -54,6 +54,7 @@ use tokio::sync::watch;
 use tokio_postgres::Row;
 
 mod connect;
+mod notify;
 pub mod projection;
 mod schema;
 mod snapshots;
@@ -752,13 +753,18 @@ impl PostgresStore {
         let wake_tx = Arc::new(wake_tx);
         let announce = Arc::new(tokio::sync::Notify::new());
         let dedicated = config.clone();
-        let listener = tokio::spawn(listen(
+        let listener = tokio::spawn(notify::listen(
             connector.clone(),
             config.clone(),
             channel.clone(),
             wake_tx.clone(),
         ));
-        let notifier = tokio::spawn(notify(connector.clone(), config, channel, announce.clone()));
+        let notifier = tokio::spawn(notify::notify(
+            connector.clone(),
+            config,
+            channel,
+            announce.clone(),
+        ));
         Ok(PostgresStore {
             shared: Arc::new(Shared {
                 pool,
@@ -791,14 +797,6 @@ impl PostgresStore {
     /// The schema holding the tables.
     pub fn schema(&self) -> &str {
         &self.shared.schema
-    }
-
-    /// Wakes subscriptions after a commit: this process's at once, other processes' through a
-    /// notification. [`append`](EventStore::append) does it; call it after committing a
-    /// transaction that used [`append_in_transaction`](Self::append_in_transaction).
-    pub fn announce(&self) {
-        self.shared.wake_tx.send_modify(|n| *n = n.wrapping_add(1));
-        self.shared.announce.notify_one();
     }
 
     /// A projection named `name` whose read model `handler` keeps in this database, for a
@@ -1543,72 +1541,6 @@ fn classify_error(e: tokio_postgres::Error) -> CallError {
     }
     CallError::Store(pg_error(e))
 }
-
-/// Sends one payload-free notification per burst of appends, on a connection of its own and
-/// outside the appends' transactions (a notifying transaction serializes commits).
-async fn notify(
-    connector: Connector,
-    config: tokio_postgres::Config,
-    channel: String,
-    announce: Arc<tokio::sync::Notify>,
-) {
-    // A notification is only a wake-up (readers poll by position), so its commit need not
-    // wait for the WAL to reach disk: a synced commit here would compete with the appends'
-    // own commits for every flush.
-    let sql = format!("NOTIFY {channel}");
-    loop {
-        let Ok(driven) = connector.connect(&config, None).await else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
-        if driven
-            .client
-            .batch_execute("SET synchronous_commit = off")
-            .await
-            .is_err()
-        {
-            driven.driver.abort();
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        }
-        loop {
-            announce.notified().await;
-            if driven.client.batch_execute(&sql).await.is_err() {
-                break;
-            }
-            // Appends during this pause share the next notification.
-            tokio::time::sleep(NOTIFY_COALESCE).await;
-        }
-        driven.driver.abort();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// Keeps a `LISTEN` connection open and bumps `wake` on every notification (and on every
-/// reconnect, since notifications may have been missed meanwhile).
-async fn listen(
-    connector: Connector,
-    config: tokio_postgres::Config,
-    channel: String,
-    wake: Arc<watch::Sender<u64>>,
-) {
-    loop {
-        if let Ok(mut driven) = connector.connect(&config, Some(wake.clone())).await {
-            if driven
-                .client
-                .batch_execute(&format!("LISTEN {channel}"))
-                .await
-                .is_ok()
-            {
-                wake.send_modify(|n| *n = n.wrapping_add(1));
-                let _ = (&mut driven.ended).await;
-            }
-            driven.driver.abort();
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
 impl EventStore for PostgresStore {
     async fn append(&self, writes: Vec<StreamWrite>) -> Result<AppendResult, StoreError> {
         validate_append(&writes)?;
