@@ -21,6 +21,7 @@ use sirenia_core::{
 use tokio_postgres::Row;
 
 use crate::read::{decode, decode_info};
+use crate::sql::SingleEventColumns;
 use crate::{
     MAX_APPEND_ATTEMPTS, MAX_CACHED_VERSIONS, MAX_REVISION_RACES, PostgresStore, corrupt, pg_error,
     to_i64,
@@ -36,7 +37,7 @@ pub(crate) enum Guard {
 
 /// Which one-statement append a write takes, by what this process knows of its stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Shape {
+pub(crate) enum Shape {
     /// The revision is known: the stream's remembered version for `Any`, `StreamExists` (a
     /// version above 0) or the same `Exact` one; 0 for `NoStream` and `Exact(0)`. The INSERT
     /// alone: a revision taken meanwhile, or a fence, refuses it on the key.
@@ -175,14 +176,14 @@ impl<'a> OneEvent<'a> {
         }
     }
 
-    /// Which statement of a shape's four takes these columns, and how many parameters it has
-    /// (parameter 8, the metadata, only when there is some).
-    fn columns(&self) -> (usize, usize) {
+    /// The columns this event fills, which pick one of a shape's four single-event statements
+    /// and how many parameters it takes (parameter 8, the metadata, only when there is some).
+    fn columns(&self) -> SingleEventColumns {
         match (self.json.is_some(), self.metadata.is_some()) {
-            (true, false) => (0, 7),
-            (true, true) => (1, 8),
-            (false, false) => (2, 7),
-            (false, true) => (3, 8),
+            (true, false) => SingleEventColumns::Json,
+            (true, true) => SingleEventColumns::JsonAndMetadata,
+            (false, false) => SingleEventColumns::Bytes,
+            (false, true) => SingleEventColumns::BytesAndMetadata,
         }
     }
 }
@@ -330,13 +331,18 @@ impl PostgresStore {
         let sql = &self.shared.sql;
         let shape = Shape::of(write.expected, self.cached_version(&write.stream));
         // Parameter 2: the revision (known, exact) or the expectation's kind (computed).
-        let (index, revision, kind) = match shape {
-            Shape::Known(v) => (0, to_i64(v), 0),
-            Shape::Exact(v) => (1, to_i64(v), 0),
-            Shape::Computed { must_exist } => (2, 0, if must_exist { 2 } else { 0 }),
+        let revision: i64;
+        let kind: i32;
+        let second: &(dyn tokio_postgres::types::ToSql + Sync) = match shape {
+            Shape::Known(v) | Shape::Exact(v) => {
+                revision = to_i64(v);
+                &revision
+            }
+            Shape::Computed { must_exist } => {
+                kind = if must_exist { 2 } else { 0 };
+                &kind
+            }
         };
-        let second: &(dyn tokio_postgres::types::ToSql + Sync) =
-            if index == 2 { &kind } else { &revision };
         let stream = write.stream.as_str();
         // Parameters 3 on: the event's columns (one event: 7 or 8 in all, see `OneEvent::columns`),
         // or arrays of them (9 in all).
@@ -352,14 +358,15 @@ impl PostgresStore {
                 one.payload(),
                 &one.metadata,
             ];
-            let (columns, used) = one.columns();
-            Self::query_as(client, &sql.append_one[index][columns], &params[..used]).await
+            let columns = one.columns();
+            let statement = sql.single_event_append(shape, columns);
+            Self::query_as(client, statement, &params[..columns.parameters()]).await
         } else {
             let columns = EventColumns::new(write.events.iter(), write.events.len());
             let [a, b, c, d, e, f, g] = columns.arrays();
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] =
                 [&stream, second, a, b, c, d, e, f, g];
-            Self::query_as(client, &sql.append_batch[index], &params).await
+            Self::query_as(client, sql.several_events_append(shape), &params).await
         };
         let rows = match rows {
             Ok(rows) => rows,

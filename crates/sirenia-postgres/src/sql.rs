@@ -4,16 +4,18 @@
 //! falls back to, the lifecycle statements, the safe bound and head of the log, and the stream
 //! page queries. Nothing here runs a statement.
 
+use crate::append::Shape;
 use crate::schema;
 
 /// The statements, with the schema filled in.
 pub(crate) struct Sql {
     pub(crate) append: String,
-    /// One write of one event in one INSERT, by [`Shape`] (known, exact, computed), then by
-    /// the columns its payload and metadata fill ([`OneEvent::columns`]).
-    pub(crate) append_one: [[String; 4]; 3],
-    /// The same for a write of several events.
-    pub(crate) append_batch: [String; 3],
+    /// The one-statement appends of [`Shape::Known`].
+    known: OneStatementAppends,
+    /// The one-statement appends of [`Shape::Exact`].
+    exact: OneStatementAppends,
+    /// The one-statement appends of [`Shape::Computed`].
+    computed: OneStatementAppends,
     pub(crate) select: String,
     pub(crate) by_id: String,
     pub(crate) by_ids: String,
@@ -62,21 +64,13 @@ impl Sql {
         );
         let computed_ok = "($2::integer <> 2 OR m.top IS NOT NULL)";
         // A single event's payload and metadata: a parameter each when present, a literal
-        // NULL otherwise (fewer parameters to bind and decode), by `OneEvent::columns`.
-        let tails = [
-            "$7::text::jsonb, NULL, NULL",
-            "$7::text::jsonb, NULL, $8::text::jsonb",
-            "NULL, $7, NULL",
-            "NULL, $7, $8::text::jsonb",
-        ];
-        let one = |from: &str, revision: &str, condition: &str| {
-            tails.map(|tail| {
-                format!(
-                    "INSERT INTO {s}.events ({columns}) \
-                     SELECT {position}, $1, {revision}, $3, $4, $5, $6, {tail}{from}{condition} \
-                     RETURNING revision, position"
-                )
-            })
+        // NULL otherwise (fewer parameters to bind and decode), by `SingleEventColumns`.
+        let one = |from: &str, revision: &str, condition: &str, values: &str| {
+            format!(
+                "INSERT INTO {s}.events ({columns}) \
+                 SELECT {position}, $1, {revision}, $3, $4, $5, $6, {values}{from}{condition} \
+                 RETURNING revision, position"
+            )
         };
         let batch = |from: &str, revision: &str, condition: &str| {
             format!(
@@ -89,32 +83,37 @@ impl Sql {
                  RETURNING revision, position"
             )
         };
-        let known_one = tails.map(|tail| {
+        let known_one = |values: &str| {
             format!(
                 "INSERT INTO {s}.events ({columns}) \
-                 VALUES ({position}, $1, $2, $3, $4, $5, $6, {tail}) \
+                 VALUES ({position}, $1, $2, $3, $4, $5, $6, {values}) \
                  RETURNING revision, position"
             )
-        });
+        };
+        let exact_condition = format!(" WHERE {previous}");
+        let computed_from = format!(" FROM {last}");
+        let computed_condition = format!(" WHERE {computed_ok}");
         Sql {
-            append_one: [
-                known_one,
-                one("", "$2::bigint", &format!(" WHERE {previous}")),
-                one(
-                    &format!(" FROM {last}"),
-                    "coalesce(m.top + 1, 0)",
-                    &format!(" WHERE {computed_ok}"),
-                ),
-            ],
-            append_batch: [
-                batch("", "$2::bigint", ""),
-                batch("", "$2::bigint", &format!(" WHERE {previous}")),
+            known: OneStatementAppends::new(known_one, batch("", "$2::bigint", "")),
+            exact: OneStatementAppends::new(
+                |values| one("", "$2::bigint", &exact_condition, values),
+                batch("", "$2::bigint", &exact_condition),
+            ),
+            computed: OneStatementAppends::new(
+                |values| {
+                    one(
+                        &computed_from,
+                        "coalesce(m.top + 1, 0)",
+                        &computed_condition,
+                        values,
+                    )
+                },
                 batch(
                     &format!("{last}, "),
                     "coalesce(m.top + 1, 0)",
-                    &format!(" WHERE {computed_ok}"),
+                    &computed_condition,
                 ),
-            ],
+            ),
             append: format!(
                 "SELECT base, firsts FROM {s}.append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
                  $11::text[]::jsonb[], $12, $13::text[]::jsonb[])"
@@ -180,6 +179,93 @@ impl Sql {
                  AND position > 0 ORDER BY revision DESC LIMIT $3"
             ),
             select,
+        }
+    }
+
+    /// The one-statement append of a single event, by the write's shape and the columns the
+    /// event fills.
+    pub(crate) fn single_event_append(&self, shape: Shape, columns: SingleEventColumns) -> &str {
+        self.of_shape(shape).single_event(columns)
+    }
+
+    /// The one-statement append of several events (as arrays), by the write's shape.
+    pub(crate) fn several_events_append(&self, shape: Shape) -> &str {
+        &self.of_shape(shape).several_events
+    }
+
+    fn of_shape(&self, shape: Shape) -> &OneStatementAppends {
+        match shape {
+            Shape::Known(_) => &self.known,
+            Shape::Exact(_) => &self.exact,
+            Shape::Computed { .. } => &self.computed,
+        }
+    }
+}
+
+/// Which columns a single event's payload and metadata fill, which picks one of the four
+/// single-event statements of a shape: parameter 7 is the payload, as JSON text for `data` or
+/// as bytes for `data_bytes`; parameter 8, the metadata, is there only when there is some.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SingleEventColumns {
+    /// A JSON payload, no metadata.
+    Json,
+    /// A JSON payload and metadata.
+    JsonAndMetadata,
+    /// A payload of bytes, no metadata.
+    Bytes,
+    /// A payload of bytes and metadata.
+    BytesAndMetadata,
+}
+
+impl SingleEventColumns {
+    /// The statement's values of `data`, `data_bytes` and `metadata`: a parameter each for
+    /// what is filled, a literal NULL for the rest.
+    fn values(self) -> &'static str {
+        match self {
+            SingleEventColumns::Json => "$7::text::jsonb, NULL, NULL",
+            SingleEventColumns::JsonAndMetadata => "$7::text::jsonb, NULL, $8::text::jsonb",
+            SingleEventColumns::Bytes => "NULL, $7, NULL",
+            SingleEventColumns::BytesAndMetadata => "NULL, $7, $8::text::jsonb",
+        }
+    }
+
+    /// How many parameters the statement takes.
+    pub(crate) fn parameters(self) -> usize {
+        match self {
+            SingleEventColumns::Json | SingleEventColumns::Bytes => 7,
+            SingleEventColumns::JsonAndMetadata | SingleEventColumns::BytesAndMetadata => 8,
+        }
+    }
+}
+
+/// The one-statement appends of one [`Shape`]: a single event's, one per
+/// [`SingleEventColumns`], and several events' (as arrays).
+struct OneStatementAppends {
+    json: String,
+    json_and_metadata: String,
+    bytes: String,
+    bytes_and_metadata: String,
+    several_events: String,
+}
+
+impl OneStatementAppends {
+    /// `single_event` makes the single-event statement from its columns' values.
+    fn new(single_event: impl Fn(&str) -> String, several_events: String) -> Self {
+        OneStatementAppends {
+            json: single_event(SingleEventColumns::Json.values()),
+            json_and_metadata: single_event(SingleEventColumns::JsonAndMetadata.values()),
+            bytes: single_event(SingleEventColumns::Bytes.values()),
+            bytes_and_metadata: single_event(SingleEventColumns::BytesAndMetadata.values()),
+            several_events,
+        }
+    }
+
+    fn single_event(&self, columns: SingleEventColumns) -> &str {
+        match columns {
+            SingleEventColumns::Json => &self.json,
+            SingleEventColumns::JsonAndMetadata => &self.json_and_metadata,
+            SingleEventColumns::Bytes => &self.bytes,
+            SingleEventColumns::BytesAndMetadata => &self.bytes_and_metadata,
         }
     }
 }
