@@ -20,19 +20,22 @@ use sirenia_core::{
 };
 use tokio_postgres::Row;
 
-use crate::read::{decode, decode_info};
+use crate::read::{decode_event, decode_stream_info};
 use crate::sql::SingleEventColumns;
 use crate::{
     MAX_APPEND_ATTEMPTS, MAX_CACHED_VERSIONS, MAX_REVISION_RACES, PostgresStore, corrupt, pg_error,
     to_i64,
 };
 
-/// Whether calls of the append function need a savepoint (inside a caller's transaction, a
-/// failed statement would abort the whole transaction).
+/// Where an append runs, which decides whether it may take the one-statement path and whether
+/// calls of the append function need a savepoint.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Guard {
-    None,
-    Savepoint,
+pub(crate) enum AppendContext {
+    /// On a pooled connection of the store's, each statement its own transaction.
+    Autocommit,
+    /// Inside a caller's transaction: a failed statement would abort the whole transaction, so
+    /// every call of the append function runs under a savepoint.
+    CallersTransaction,
 }
 
 /// Which one-statement append a write takes, by what this process knows of its stream.
@@ -50,6 +53,8 @@ pub(crate) enum Shape {
 }
 
 impl Shape {
+    /// The shape of a write expecting `expected`, given the version this process remembers
+    /// its stream reached (if any).
     fn of(expected: ExpectedVersion, remembered: Option<u64>) -> Self {
         match (expected, remembered) {
             (ExpectedVersion::NoStream | ExpectedVersion::Exact(0), _) => Shape::Known(0),
@@ -63,23 +68,22 @@ impl Shape {
     }
 }
 
-/// Why the append function did not append.
-enum CallError {
+/// Why an attempt (the one statement, or one call of the append function) did not append.
+enum AttemptError {
     /// Write `index` (0-based) found the stream at `actual`.
-    Conflict {
-        index: usize,
-        actual: u64,
-    },
+    Conflict { index: usize, actual: u64 },
     /// An event id is already stored.
     DuplicateId,
-    /// The plain-SQL path did not append: decide with the append function.
-    Recheck,
-    /// The append function lost a revision to a concurrent append: decide again.
-    Raced,
+    /// Not decided: the one-statement path was not taken, or did not append without saying
+    /// why (an expectation its statement checks, or a position past the range): decide with
+    /// the append function.
+    Undecided,
+    /// A revision the attempt inserted at was taken, by a concurrent append or by the fence of
+    /// a deleted or tombstoned stream: decide again.
+    RevisionTaken,
     /// Write `index` (0-based) is to a tombstoned stream.
-    Tombstoned {
-        index: usize,
-    },
+    Tombstoned { index: usize },
+    /// Anything else: the append fails with it.
     Store(StoreError),
 }
 
@@ -95,7 +99,7 @@ fn expectation_params(expected: ExpectedVersion) -> (i16, i64) {
 }
 
 /// Events as the append statements' per-event array parameters, in order.
-struct EventColumns<'a> {
+struct EventArrays<'a> {
     ids: Vec<uuid::Uuid>,
     types: Vec<&'a str>,
     versions: Vec<i32>,
@@ -105,10 +109,10 @@ struct EventColumns<'a> {
     metadata: Vec<Option<String>>,
 }
 
-impl<'a> EventColumns<'a> {
+impl<'a> EventArrays<'a> {
     /// The columns of `n` events.
     fn new(events: impl Iterator<Item = &'a sirenia_core::NewEvent>, n: usize) -> Self {
-        let mut columns = EventColumns {
+        let mut columns = EventArrays {
             ids: Vec::with_capacity(n),
             types: Vec::with_capacity(n),
             versions: Vec::with_capacity(n),
@@ -145,7 +149,7 @@ impl<'a> EventColumns<'a> {
 }
 
 /// One event's columns, for a single-event INSERT.
-struct OneEvent<'a> {
+struct SingleEvent<'a> {
     id: uuid::Uuid,
     event_type: &'a str,
     version: i32,
@@ -155,9 +159,9 @@ struct OneEvent<'a> {
     metadata: Option<String>,
 }
 
-impl<'a> OneEvent<'a> {
+impl<'a> SingleEvent<'a> {
     fn new(event: &'a sirenia_core::NewEvent) -> Self {
-        OneEvent {
+        SingleEvent {
             id: *event.id.as_uuid(),
             event_type: &event.event_type,
             version: i32::from(event.schema_version),
@@ -223,60 +227,60 @@ fn storable_json<'a>(content_type: &str, data: &'a [u8]) -> Option<&'a str> {
         return None;
     }
     // A full parse: it refuses what jsonb refuses too (lone surrogates, out-of-range numbers).
-    serde_json::from_str::<Parsed>(text).ok()?;
+    serde_json::from_str::<ValidJson>(text).ok()?;
     Some(text)
 }
 
 /// What parsing a JSON text into a `serde_json::Value` checks (every string decoded, escapes
 /// and surrogate pairs included; every number parsed; the same depth limit), without building
 /// the value: nothing is allocated per append for a check whose result is a yes or a no.
-struct Parsed;
+struct ValidJson;
 
-impl<'de> serde::Deserialize<'de> for Parsed {
+impl<'de> serde::Deserialize<'de> for ValidJson {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(Parsed)
+        deserializer.deserialize_any(ValidJson)
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for Parsed {
-    type Value = Parsed;
+impl<'de> serde::de::Visitor<'de> for ValidJson {
+    type Value = ValidJson;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("any JSON value")
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<Parsed, E> {
-        Ok(Parsed)
+    fn visit_bool<E>(self, _: bool) -> Result<ValidJson, E> {
+        Ok(ValidJson)
     }
 
-    fn visit_i64<E>(self, _: i64) -> Result<Parsed, E> {
-        Ok(Parsed)
+    fn visit_i64<E>(self, _: i64) -> Result<ValidJson, E> {
+        Ok(ValidJson)
     }
 
-    fn visit_u64<E>(self, _: u64) -> Result<Parsed, E> {
-        Ok(Parsed)
+    fn visit_u64<E>(self, _: u64) -> Result<ValidJson, E> {
+        Ok(ValidJson)
     }
 
-    fn visit_f64<E>(self, _: f64) -> Result<Parsed, E> {
-        Ok(Parsed)
+    fn visit_f64<E>(self, _: f64) -> Result<ValidJson, E> {
+        Ok(ValidJson)
     }
 
-    fn visit_str<E>(self, _: &str) -> Result<Parsed, E> {
-        Ok(Parsed)
+    fn visit_str<E>(self, _: &str) -> Result<ValidJson, E> {
+        Ok(ValidJson)
     }
 
-    fn visit_unit<E>(self) -> Result<Parsed, E> {
-        Ok(Parsed)
+    fn visit_unit<E>(self) -> Result<ValidJson, E> {
+        Ok(ValidJson)
     }
 
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Parsed, A::Error> {
-        while seq.next_element::<Parsed>()?.is_some() {}
-        Ok(Parsed)
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ValidJson, A::Error> {
+        while seq.next_element::<ValidJson>()?.is_some() {}
+        Ok(ValidJson)
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Parsed, A::Error> {
-        while map.next_entry::<Parsed, Parsed>()?.is_some() {}
-        Ok(Parsed)
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ValidJson, A::Error> {
+        while map.next_entry::<ValidJson, ValidJson>()?.is_some() {}
+        Ok(ValidJson)
     }
 }
 
@@ -290,26 +294,28 @@ impl PostgresStore {
         writes: Vec<StreamWrite>,
     ) -> Result<AppendResult, StoreError> {
         validate_append(&writes)?;
-        self.append_on(&*tx, &writes, Guard::Savepoint).await
+        self.append_with_fallbacks(&*tx, &writes, AppendContext::CallersTransaction)
+            .await
     }
 
-    /// One call of the append function. Inside a caller's transaction it runs under a
-    /// savepoint, so a refused call leaves the transaction usable for the fallback and after.
-    async fn guarded_call(
+    /// Appends `writes` by one call of the append function. Inside a caller's transaction the
+    /// call runs under a savepoint, so a refused call leaves the transaction usable for the
+    /// fallback and after.
+    async fn append_by_function(
         &self,
         client: &impl GenericClient,
         writes: &[&StreamWrite],
-        guard: Guard,
-    ) -> Result<AppendResult, CallError> {
-        if guard == Guard::None {
-            return self.call(client, writes).await;
+        context: AppendContext,
+    ) -> Result<AppendResult, AttemptError> {
+        if context == AppendContext::Autocommit {
+            return self.call_append_function(client, writes).await;
         }
-        let store = |e| CallError::Store(pg_error(e));
+        let store = |e| AttemptError::Store(pg_error(e));
         client
             .batch_execute("SAVEPOINT sirenia_append")
             .await
             .map_err(store)?;
-        let result = self.call(client, writes).await;
+        let result = self.call_append_function(client, writes).await;
         let end = if result.is_ok() {
             "RELEASE SAVEPOINT sirenia_append"
         } else {
@@ -319,17 +325,19 @@ impl PostgresStore {
         result
     }
 
-    /// One write with events in one plain INSERT (outside a caller's transaction). `Recheck`
-    /// when it did not append (an expectation, a revision taken meanwhile, a fence of a
-    /// deleted or tombstoned stream): the append function then decides.
-    async fn call_one(
+    /// One write with events in one plain INSERT (outside a caller's transaction), at the
+    /// revision its [`Shape`] picks. `Undecided` when it did not append (an expectation the
+    /// statement checks, a position past the range), `RevisionTaken` when the revision was
+    /// taken (by a concurrent append, or by a fence of a deleted or tombstoned stream): the
+    /// append function then decides.
+    async fn append_in_one_statement(
         &self,
         client: &impl GenericClient,
         write: &StreamWrite,
-    ) -> Result<AppendResult, CallError> {
+    ) -> Result<AppendResult, AttemptError> {
         let count = write.events.len() as u64;
         let sql = &self.shared.sql;
-        let shape = Shape::of(write.expected, self.cached_version(&write.stream));
+        let shape = Shape::of(write.expected, self.remembered_version(&write.stream));
         // Parameter 2: the revision (known, exact) or the expectation's kind (computed).
         let revision: i64;
         let kind: i32;
@@ -344,10 +352,10 @@ impl PostgresStore {
             }
         };
         let stream = write.stream.as_str();
-        // Parameters 3 on: the event's columns (one event: 7 or 8 in all, see `OneEvent::columns`),
-        // or arrays of them (9 in all).
+        // Parameters 3 on: the event's columns (one event: 7 or 8 in all, see
+        // `SingleEvent::columns`), or arrays of them (9 in all).
         let rows = if let [event] = write.events.as_slice() {
-            let one = OneEvent::new(event);
+            let one = SingleEvent::new(event);
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
                 &stream,
                 second,
@@ -360,26 +368,26 @@ impl PostgresStore {
             ];
             let columns = one.columns();
             let statement = sql.single_event_append(shape, columns);
-            Self::query_as(client, statement, &params[..columns.parameters()]).await
+            Self::query_prepared(client, statement, &params[..columns.parameters()]).await
         } else {
-            let columns = EventColumns::new(write.events.iter(), write.events.len());
+            let columns = EventArrays::new(write.events.iter(), write.events.len());
             let [a, b, c, d, e, f, g] = columns.arrays();
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] =
                 [&stream, second, a, b, c, d, e, f, g];
-            Self::query_as(client, sql.several_events_append(shape), &params).await
+            Self::query_prepared(client, sql.several_events_append(shape), &params).await
         };
         let rows = match rows {
             Ok(rows) => rows,
             Err(e) => {
-                let e = classify_error(e);
-                if matches!(e, CallError::Raced) && shape != Shape::Known(0) {
-                    self.contended(&write.stream);
+                let e = attempt_error(e);
+                if matches!(e, AttemptError::RevisionTaken) && shape != Shape::Known(0) {
+                    self.mark_contended(&write.stream);
                 }
                 return Err(e);
             }
         };
         if rows.len() as u64 != count {
-            return Err(CallError::Recheck);
+            return Err(AttemptError::Undecided);
         }
         let mut first = i64::MAX;
         let mut base = i64::MAX;
@@ -388,8 +396,9 @@ impl PostgresStore {
             base = base.min(row.get(1));
         }
         let first =
-            u64::try_from(first).map_err(|_| CallError::Store(corrupt("revision", first)))?;
-        let base = u64::try_from(base).map_err(|_| CallError::Store(corrupt("position", base)))?;
+            u64::try_from(first).map_err(|_| AttemptError::Store(corrupt("revision", first)))?;
+        let base =
+            u64::try_from(base).map_err(|_| AttemptError::Store(corrupt("position", base)))?;
         Ok(AppendResult {
             streams: vec![StreamAppended {
                 stream: write.stream.clone(),
@@ -402,7 +411,7 @@ impl PostgresStore {
     }
 
     /// Runs `sql` (prepared once per connection) with `params`.
-    async fn query_as(
+    async fn query_prepared(
         client: &impl GenericClient,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
@@ -413,7 +422,7 @@ impl PostgresStore {
 
     /// The version this process last saw `stream` reach (a lower bound of its version:
     /// revisions are never removed), if it remembers one.
-    fn cached_version(&self, stream: &StreamId) -> Option<u64> {
+    fn remembered_version(&self, stream: &StreamId) -> Option<u64> {
         self.shared
             .versions
             .lock()
@@ -423,14 +432,14 @@ impl PostgresStore {
 
     /// Marks `stream` contended: other processes (or tasks) append to it too, so the version
     /// this one remembers is likely stale, and appending at it would cost a refused INSERT.
-    fn contended(&self, stream: &StreamId) {
+    fn mark_contended(&self, stream: &StreamId) {
         if let Ok(mut versions) = self.shared.versions.lock() {
             versions.insert(stream.as_str().to_owned(), None);
         }
     }
 
     /// Remembers the versions an append reached, or forgets the streams of one that failed.
-    pub(crate) fn remember(&self, writes: &[StreamWrite], result: Option<&AppendResult>) {
+    pub(crate) fn remember_versions(&self, writes: &[StreamWrite], result: Option<&AppendResult>) {
         let Ok(mut versions) = self.shared.versions.lock() else {
             return;
         };
@@ -463,11 +472,14 @@ impl PostgresStore {
         }
     }
 
-    async fn call(
+    /// One call of the append function: `writes` as arrays (per write its stream, expectation
+    /// and event count; per event its write, its index in the write and its columns), answered
+    /// with the first position and each write's first revision.
+    async fn call_append_function(
         &self,
         client: &impl GenericClient,
         writes: &[&StreamWrite],
-    ) -> Result<AppendResult, CallError> {
+    ) -> Result<AppendResult, AttemptError> {
         let mut streams = Vec::with_capacity(writes.len());
         let mut kinds = Vec::with_capacity(writes.len());
         let mut expected = Vec::with_capacity(writes.len());
@@ -486,11 +498,11 @@ impl PostgresStore {
                 index.push(i as i64);
             }
         }
-        let columns = EventColumns::new(writes.iter().flat_map(|w| w.events.iter()), total);
+        let columns = EventArrays::new(writes.iter().flat_map(|w| w.events.iter()), total);
         let statement = client
-            .prepare_cached(&self.shared.sql.append)
+            .prepare_cached(&self.shared.sql.append_function)
             .await
-            .map_err(|e| CallError::Store(pg_error(e)))?;
+            .map_err(|e| AttemptError::Store(pg_error(e)))?;
         let row = client
             .query_one(
                 &statement,
@@ -510,16 +522,16 @@ impl PostgresStore {
             .await;
         let row = match row {
             Ok(row) => row,
-            Err(e) => return Err(classify_error(e)),
+            Err(e) => return Err(attempt_error(e)),
         };
         let base: i64 = row.get(0);
         let firsts: Vec<i64> = row.get(1);
         let mut position =
-            u64::try_from(base).map_err(|_| CallError::Store(corrupt("base", base)))?;
+            u64::try_from(base).map_err(|_| AttemptError::Store(corrupt("base", base)))?;
         let mut result = Vec::with_capacity(writes.len());
         for (write, first) in writes.iter().zip(firsts) {
             let first =
-                u64::try_from(first).map_err(|_| CallError::Store(corrupt("version", first)))?;
+                u64::try_from(first).map_err(|_| AttemptError::Store(corrupt("version", first)))?;
             let count = write.events.len() as u64;
             result.push(StreamAppended {
                 stream: write.stream.clone(),
@@ -533,22 +545,27 @@ impl PostgresStore {
         Ok(AppendResult { streams: result })
     }
 
-    /// Appends on `client`, deciding repeats and conflicts as the port says.
-    pub(crate) async fn append_on(
+    /// Appends `writes` on `client`: in one statement when it is one write with events outside
+    /// a caller's transaction, otherwise (or when that did not decide) by the append function.
+    /// A conflict or a stored event id then falls back to looking the ids and versions up and
+    /// deciding each write in request order as the port says, again while appends race.
+    pub(crate) async fn append_with_fallbacks(
         &self,
         client: &impl GenericClient,
         writes: &[StreamWrite],
-        guard: Guard,
+        context: AppendContext,
     ) -> Result<AppendResult, StoreError> {
-        let first = match (writes, guard) {
-            ([one], Guard::None) if !one.events.is_empty() => self.call_one(client, one).await,
-            _ => Err(CallError::Recheck),
+        let first = match (writes, context) {
+            ([one], AppendContext::Autocommit) if !one.events.is_empty() => {
+                self.append_in_one_statement(client, one).await
+            }
+            _ => Err(AttemptError::Undecided),
         };
         let first = match first {
-            Err(CallError::Recheck | CallError::Raced) => {
+            Err(AttemptError::Undecided | AttemptError::RevisionTaken) => {
                 self.shared.by_function.fetch_add(1, Ordering::Relaxed);
                 let all: Vec<&StreamWrite> = writes.iter().collect();
-                self.guarded_call(client, &all, guard).await
+                self.append_by_function(client, &all, context).await
             }
             other => {
                 if other.is_ok() {
@@ -559,13 +576,13 @@ impl PostgresStore {
         };
         match first {
             Ok(result) => return Ok(result),
-            Err(CallError::Store(e)) => return Err(e),
+            Err(AttemptError::Store(e)) => return Err(e),
             Err(
-                CallError::Conflict { .. }
-                | CallError::DuplicateId
-                | CallError::Recheck
-                | CallError::Raced
-                | CallError::Tombstoned { .. },
+                AttemptError::Conflict { .. }
+                | AttemptError::DuplicateId
+                | AttemptError::Undecided
+                | AttemptError::RevisionTaken
+                | AttemptError::Tombstoned { .. },
             ) => {}
         }
         // Rare paths: a conflict may be a repeat of an append that succeeded, and a stored id
@@ -580,17 +597,17 @@ impl PostgresStore {
                 .collect();
             let names: Vec<&str> = writes.iter().map(|w| w.stream.as_str()).collect();
             let statement = client
-                .prepare_cached(&self.shared.sql.by_ids)
+                .prepare_cached(&self.shared.sql.events_by_ids)
                 .await
                 .map_err(pg_error)?;
             let rows = client.query(&statement, &[&ids]).await.map_err(pg_error)?;
             let mut stored = HashMap::with_capacity(rows.len());
             for row in &rows {
-                let event = decode(row)?;
+                let event = decode_event(row)?;
                 stored.insert(event.id, event);
             }
             let statement = client
-                .prepare_cached(&self.shared.sql.versions)
+                .prepare_cached(&self.shared.sql.streams_info)
                 .await
                 .map_err(pg_error)?;
             let mut records: HashMap<String, StreamInfo> = HashMap::new();
@@ -599,7 +616,7 @@ impl PostgresStore {
                 .await
                 .map_err(pg_error)?
             {
-                if let Some(info) = decode_info(&row)? {
+                if let Some(info) = decode_stream_info(&row)? {
                     records.insert(row.get(4), info);
                 }
             }
@@ -630,7 +647,7 @@ impl PostgresStore {
                     streams: outcome.into_iter().flatten().collect(),
                 });
             }
-            match self.guarded_call(client, &new, guard).await {
+            match self.append_by_function(client, &new, context).await {
                 Ok(result) => {
                     let mut appended = result.streams.into_iter();
                     let streams = outcome
@@ -642,7 +659,7 @@ impl PostgresStore {
                 }
                 // A concurrent append changed a stream or stored one of these ids meanwhile:
                 // decide again.
-                Err(CallError::Conflict { index, actual }) => {
+                Err(AttemptError::Conflict { index, actual }) => {
                     let write = new.get(index).ok_or_else(|| corrupt("conflict", index))?;
                     last_conflict = Some(StoreError::Conflict {
                         stream: write.stream.clone(),
@@ -651,16 +668,16 @@ impl PostgresStore {
                     });
                     id_races += 1;
                 }
-                Err(CallError::DuplicateId | CallError::Recheck) => id_races += 1,
+                Err(AttemptError::DuplicateId | AttemptError::Undecided) => id_races += 1,
                 // Someone else's append went through: the next round sees it.
-                Err(CallError::Raced) => revision_races += 1,
-                Err(CallError::Tombstoned { index }) => {
+                Err(AttemptError::RevisionTaken) => revision_races += 1,
+                Err(AttemptError::Tombstoned { index }) => {
                     let write = new.get(index).ok_or_else(|| corrupt("tombstone", index))?;
                     return Err(StoreError::StreamTombstoned {
                         stream: write.stream.clone(),
                     });
                 }
-                Err(CallError::Store(e)) => return Err(e),
+                Err(AttemptError::Store(e)) => return Err(e),
             }
         }
         if let Some(conflict) = last_conflict {
@@ -678,7 +695,11 @@ impl PostgresStore {
     }
 }
 
-fn classify_error(e: tokio_postgres::Error) -> CallError {
+/// What an attempt's failed statement means: the append function's refusals (`SR001`, a write
+/// whose expectation failed and the version found; `SR002`, a write to a tombstoned stream), a
+/// position past the range, a revision or an event id already taken; anything else fails the
+/// append.
+fn attempt_error(e: tokio_postgres::Error) -> AttemptError {
     if let Some(db) = e.as_db_error() {
         if db.code().code() == "SR001" {
             let detail = db.detail().unwrap_or_default();
@@ -686,7 +707,7 @@ fn classify_error(e: tokio_postgres::Error) -> CallError {
                 .split_once(':')
                 .and_then(|(i, v)| Some((i.parse::<usize>().ok()?, v.parse::<u64>().ok()?)));
             if let Some((i, actual)) = parsed {
-                return CallError::Conflict {
+                return AttemptError::Conflict {
                     index: i.saturating_sub(1),
                     actual,
                 };
@@ -695,27 +716,27 @@ fn classify_error(e: tokio_postgres::Error) -> CallError {
         if db.code().code() == "SR002"
             && let Some(Ok(i)) = db.detail().map(str::parse::<usize>)
         {
-            return CallError::Tombstoned {
+            return AttemptError::Tombstoned {
                 index: i.saturating_sub(1),
             };
         }
         // The plain-SQL path's position overflows past the position range (see `Sql`).
         if db.code() == &tokio_postgres::error::SqlState::NUMERIC_VALUE_OUT_OF_RANGE {
-            return CallError::Recheck;
+            return AttemptError::Undecided;
         }
         // A revision taken by a concurrent append, or a fence: decide again.
         if db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION
             && db.constraint() == Some("events_stream_revision")
         {
-            return CallError::Raced;
+            return AttemptError::RevisionTaken;
         }
         if db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION
             && db.constraint() == Some("events_event_id")
         {
-            return CallError::DuplicateId;
+            return AttemptError::DuplicateId;
         }
     }
-    CallError::Store(pg_error(e))
+    AttemptError::Store(pg_error(e))
 }
 
 #[cfg(test)]
@@ -753,7 +774,7 @@ mod tests {
         ];
         for text in &cases {
             assert_eq!(
-                serde_json::from_str::<Parsed>(text).is_ok(),
+                serde_json::from_str::<ValidJson>(text).is_ok(),
                 serde_json::from_str::<serde_json::Value>(text).is_ok(),
                 "{text:.60}"
             );

@@ -57,10 +57,10 @@ mod schema;
 mod snapshots;
 mod sql;
 
-use append::Guard;
+use append::AppendContext;
 use connect::Connector;
 pub use connect::TlsOptions;
-use read::decode_info;
+use read::decode_stream_info;
 pub use snapshots::PostgresSnapshots;
 use sql::Sql;
 
@@ -273,13 +273,13 @@ impl PostgresStore {
         let wake_tx = Arc::new(wake_tx);
         let announce = Arc::new(tokio::sync::Notify::new());
         let dedicated = config.clone();
-        let listener = tokio::spawn(notify::listen(
+        let listener = tokio::spawn(notify::run_listener(
             connector.clone(),
             config.clone(),
             channel.clone(),
             wake_tx.clone(),
         ));
-        let notifier = tokio::spawn(notify::notify(
+        let notifier = tokio::spawn(notify::run_notifier(
             connector.clone(),
             config,
             channel,
@@ -333,8 +333,10 @@ impl EventStore for PostgresStore {
         let client = self.client().await?;
         // Only committed appends are remembered (an append in a caller's transaction may
         // still roll back), and a failed one forgets its streams.
-        let outcome = self.append_on(&client, &writes, Guard::None).await;
-        self.remember(&writes, outcome.as_ref().ok());
+        let outcome = self
+            .append_with_fallbacks(&client, &writes, AppendContext::Autocommit)
+            .await;
+        self.remember_versions(&writes, outcome.as_ref().ok());
         let result = outcome?;
         self.announce();
         Ok(result)
@@ -348,7 +350,7 @@ impl EventStore for PostgresStore {
     async fn stream_info(&self, stream: &StreamId) -> Result<Option<StreamInfo>, StoreError> {
         let client = self.client().await?;
         let statement = client
-            .prepare_cached(&self.shared.sql.version)
+            .prepare_cached(&self.shared.sql.stream_info)
             .await
             .map_err(pg_error)?;
         let row = client
@@ -357,7 +359,7 @@ impl EventStore for PostgresStore {
             .map_err(pg_error)?;
         match row {
             None => Ok(None),
-            Some(row) => decode_info(&row),
+            Some(row) => decode_stream_info(&row),
         }
     }
 
@@ -392,10 +394,10 @@ impl EventStore for PostgresStore {
         }
         // After the lock and the fence: this sees every append and change before them.
         let row = tx
-            .query_one(&sql.version, &[&stream.as_str()])
+            .query_one(&sql.stream_info, &[&stream.as_str()])
             .await
             .map_err(pg_error)?;
-        let current = decode_info(&row)?;
+        let current = decode_stream_info(&row)?;
         let Some(changed) = decide_change(stream, current, change)? else {
             // Rolling back drops a row created only to be locked.
             return Ok(current);
@@ -416,7 +418,9 @@ impl EventStore for PostgresStore {
     }
 
     async fn event_by_id(&self, id: EventId) -> Result<Option<RecordedEvent>, StoreError> {
-        let events = self.query(&self.shared.sql.by_id, &[id.as_uuid()]).await?;
+        let events = self
+            .query_events(&self.shared.sql.event_by_id, &[id.as_uuid()])
+            .await?;
         Ok(events.into_iter().next())
     }
 
@@ -450,7 +454,7 @@ impl EventStore for PostgresStore {
         // every wake-up since the store connected as new, and never wait.
         let mut wake = self.shared.wake.clone();
         wake.borrow_and_update();
-        if self.safe_head().await? >= from {
+        if self.head_without_waiting().await? >= from {
             return Ok(());
         }
         tokio::select! {

@@ -25,7 +25,7 @@ impl PostgresStore {
 
 /// Sends one payload-free notification per burst of appends, on a connection of its own and
 /// outside the appends' transactions (a notifying transaction serializes commits).
-pub(crate) async fn notify(
+pub(crate) async fn run_notifier(
     connector: Connector,
     config: tokio_postgres::Config,
     channel: String,
@@ -65,7 +65,7 @@ pub(crate) async fn notify(
 
 /// Keeps a `LISTEN` connection open and bumps `wake` on every notification (and on every
 /// reconnect, since notifications may have been missed meanwhile).
-pub(crate) async fn listen(
+pub(crate) async fn run_listener(
     connector: Connector,
     config: tokio_postgres::Config,
     channel: String,

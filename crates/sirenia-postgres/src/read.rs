@@ -20,7 +20,7 @@ use crate::{MAX_VISIBILITY_WAIT, PostgresStore, corrupt, pg_error, schema, to_i6
 /// A stream's record from the first four columns of the `version` query (the version from the
 /// log, then `start`, `readable_from` and `status` from the lifecycle record, 0 without one); a
 /// stream without events or lifecycle is no record.
-pub(crate) fn decode_info(row: &Row) -> Result<Option<StreamInfo>, StoreError> {
+pub(crate) fn decode_stream_info(row: &Row) -> Result<Option<StreamInfo>, StoreError> {
     let number = |i: usize, what: &str| {
         let v: i64 = row.get(i);
         u64::try_from(v).map_err(|_| corrupt(what, v))
@@ -35,7 +35,9 @@ pub(crate) fn decode_info(row: &Row) -> Result<Option<StreamInfo>, StoreError> {
     Ok((info.version > 0 || info.has_lifecycle()).then_some(info))
 }
 
-pub(crate) fn decode(row: &Row) -> Result<RecordedEvent, StoreError> {
+/// An event from a row of `Sql::select_events`; a row that is not one (no payload or two, a
+/// number out of range) is `Corrupt`.
+pub(crate) fn decode_event(row: &Row) -> Result<RecordedEvent, StoreError> {
     let position: i64 = row.get(0);
     let stream: &str = row.get(1);
     let revision: i64 = row.get(2);
@@ -68,7 +70,9 @@ pub(crate) fn decode(row: &Row) -> Result<RecordedEvent, StoreError> {
 }
 
 impl PostgresStore {
-    pub(crate) async fn query(
+    /// Runs `sql` (prepared once per connection; it selects the columns of `Sql::select_events`)
+    /// on a pooled connection and decodes the events.
+    pub(crate) async fn query_events(
         &self,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
@@ -76,15 +80,15 @@ impl PostgresStore {
         let client = self.client().await?;
         let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
         let rows = client.query(&statement, params).await.map_err(pg_error)?;
-        rows.iter().map(decode).collect()
+        rows.iter().map(decode_event).collect()
     }
 
     /// The highest position below the current safe bound, without waiting for transactions in
     /// flight: a subscription's cheap check whether to read again.
-    pub(crate) async fn safe_head(&self) -> Result<Position, StoreError> {
+    pub(crate) async fn head_without_waiting(&self) -> Result<Position, StoreError> {
         let client = self.client().await?;
         let statement = client
-            .prepare_cached(&self.shared.sql.head)
+            .prepare_cached(&self.shared.sql.safe_head)
             .await
             .map_err(pg_error)?;
         let head: i64 = client
@@ -97,16 +101,17 @@ impl PostgresStore {
             .map_err(|_| corrupt("position", head))
     }
 
-    /// The safe bound: every position below it is final. Waits (up to [`MAX_VISIBILITY_WAIT`])
-    /// until it passes every position committed when the call began.
-    async fn bound(&self) -> Result<u64, StoreError> {
+    /// The settled bound: the safe bound (every position below it is final), once it has
+    /// passed every position committed when the call began (waiting at most
+    /// [`MAX_VISIBILITY_WAIT`]).
+    async fn settled_bound(&self) -> Result<u64, StoreError> {
         let client = self.client().await?;
         let committed = client
-            .prepare_cached(&self.shared.sql.committed)
+            .prepare_cached(&self.shared.sql.committed_head)
             .await
             .map_err(pg_error)?;
         let bound = client
-            .prepare_cached(self.shared.sql.bound)
+            .prepare_cached(self.shared.sql.safe_bound)
             .await
             .map_err(pg_error)?;
         let target: i64 = client
@@ -132,7 +137,7 @@ impl PostgresStore {
 
     /// The position a filtered page's scan stops at (`sql` returns at most one position), if
     /// the log reaches that far.
-    async fn scan_window(
+    async fn scan_end(
         &self,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
@@ -148,7 +153,7 @@ impl PostgresStore {
 
     /// At most `max` events accepted by `filter` with positions from `low` to `high`
     /// (inclusive), in `direction`.
-    async fn range(
+    async fn log_range(
         &self,
         low: i64,
         high: i64,
@@ -182,9 +187,9 @@ impl PostgresStore {
                 };
             let sql = format!(
                 "{} WHERE {condition} ORDER BY position{order} LIMIT $2",
-                self.shared.sql.select
+                self.shared.sql.select_events
             );
-            let mut events = self.query(&sql, &[param, &max]).await?;
+            let mut events = self.query_events(&sql, &[param, &max]).await?;
             let keep = events
                 .iter()
                 .position(|e| {
@@ -197,10 +202,10 @@ impl PostgresStore {
         }
         let sql = format!(
             "{} WHERE position >= $1 AND position <= $2{} ORDER BY position{order} LIMIT $3",
-            self.shared.sql.select,
+            self.shared.sql.select_events,
             Self::filter_sql(filter, 4)
         );
-        self.query(&sql, &params).await
+        self.query_events(&sql, &params).await
     }
 
     /// The filter's conditions, with parameters numbered from `next`.
@@ -217,12 +222,12 @@ impl PostgresStore {
         sql
     }
 
-    /// The highest position below the settled bound (see [`bound`](Self::bound)): the port's
-    /// head.
+    /// The highest position below the settled bound (see
+    /// [`settled_bound`](Self::settled_bound)): the port's head.
     pub(crate) async fn settled_head(&self) -> Result<Position, StoreError> {
         // The same settled bound as log reads: the head covers what was committed before the
         // call (read-your-writes), and nothing below it can still appear.
-        let bound = to_i64(self.bound().await?);
+        let bound = to_i64(self.settled_bound().await?);
         let client = self.client().await?;
         let statement = client
             .prepare_cached(&self.shared.sql.head_below)
@@ -255,7 +260,9 @@ impl PostgresStore {
             ),
             Direction::Backward => (&self.shared.sql.stream_backward, to_i64(from)),
         };
-        let events = self.query(sql, &[&stream.as_str(), &from, &max]).await?;
+        let events = self
+            .query_events(sql, &[&stream.as_str(), &from, &max])
+            .await?;
         if events.is_empty() {
             // A tombstoned stream reads as an error, not as empty.
             sirenia_core::lifecycle::readable_from(
@@ -275,7 +282,7 @@ impl PostgresStore {
         max: usize,
     ) -> Result<AllPage, StoreError> {
         // Everything below the bound is final: no event can appear there later.
-        let bound = self.bound().await?;
+        let bound = self.settled_bound().await?;
         let s = schema::quote(&self.shared.schema);
         let scan = MAX_SCAN_PER_PAGE as i64 - 1;
         match direction {
@@ -296,12 +303,12 @@ impl PostgresStore {
                         "SELECT position FROM {s}.events WHERE position >= $1 AND position < $2 \
                          ORDER BY position OFFSET $3 LIMIT 1"
                     );
-                    self.scan_window(&sql, &[&to_i64(start), &to_i64(bound), &scan])
+                    self.scan_end(&sql, &[&to_i64(start), &to_i64(bound), &scan])
                         .await?
                 };
                 let last = window_end.unwrap_or(to_i64(bound) - 1);
                 let events = self
-                    .range(to_i64(start), last, Direction::Forward, filter, max)
+                    .log_range(to_i64(start), last, Direction::Forward, filter, max)
                     .await?;
                 let full = events.len() == max;
                 let next = match events.last() {
@@ -330,11 +337,11 @@ impl PostgresStore {
                         "SELECT position FROM {s}.events WHERE position <= $1 AND position > 0 \
                          ORDER BY position DESC OFFSET $2 LIMIT 1"
                     );
-                    self.scan_window(&sql, &[&to_i64(top), &scan]).await?
+                    self.scan_end(&sql, &[&to_i64(top), &scan]).await?
                 };
                 let low = window_low.unwrap_or(1);
                 let events = self
-                    .range(low, to_i64(top), Direction::Backward, filter, max)
+                    .log_range(low, to_i64(top), Direction::Backward, filter, max)
                     .await?;
                 let full = events.len() == max;
                 let next = match events.last() {

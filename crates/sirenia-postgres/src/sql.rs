@@ -9,28 +9,44 @@ use crate::schema;
 
 /// The statements, with the schema filled in.
 pub(crate) struct Sql {
-    pub(crate) append: String,
+    /// One call of the append function, the request as arrays (13 parameters).
+    pub(crate) append_function: String,
     /// The one-statement appends of [`Shape::Known`].
     known: OneStatementAppends,
     /// The one-statement appends of [`Shape::Exact`].
     exact: OneStatementAppends,
     /// The one-statement appends of [`Shape::Computed`].
     computed: OneStatementAppends,
-    pub(crate) select: String,
-    pub(crate) by_id: String,
-    pub(crate) by_ids: String,
-    pub(crate) version: String,
-    pub(crate) versions: String,
+    /// The columns of an event, as `decode_event` reads them, from the log (no condition).
+    pub(crate) select_events: String,
+    /// The event with an id.
+    pub(crate) event_by_id: String,
+    /// The events with any of an array of ids.
+    pub(crate) events_by_ids: String,
+    /// A stream's version from the log and its lifecycle record, as `decode_stream_info`
+    /// reads them.
+    pub(crate) stream_info: String,
+    /// The same for an array of streams, with each stream's name in a fifth column.
+    pub(crate) streams_info: String,
+    /// Locks a stream's lifecycle record.
     pub(crate) lock_stream: String,
+    /// Creates a stream's lifecycle record if it has none.
     pub(crate) ensure_stream: String,
     /// A fence at the stream's version (if it has none yet), returning that version.
     pub(crate) fence: String,
+    /// Sets a stream's lifecycle record (start, readable_from, status).
     pub(crate) change_stream: String,
-    pub(crate) head: String,
+    /// The highest position below the safe bound, without waiting.
+    pub(crate) safe_head: String,
+    /// The highest position below a given bound.
     pub(crate) head_below: String,
-    pub(crate) bound: &'static str,
-    pub(crate) committed: String,
+    /// The safe bound: `pg_snapshot_xmin << 20`; every position below it is final.
+    pub(crate) safe_bound: &'static str,
+    /// The highest position committed (whether or not below the safe bound).
+    pub(crate) committed_head: String,
+    /// A page of a stream from a revision, forwards.
     pub(crate) stream_forward: String,
+    /// A page of a stream down from a revision, backwards.
     pub(crate) stream_backward: String,
 }
 
@@ -114,19 +130,19 @@ impl Sql {
                     &computed_condition,
                 ),
             ),
-            append: format!(
+            append_function: format!(
                 "SELECT base, firsts FROM {s}.append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
                  $11::text[]::jsonb[], $12, $13::text[]::jsonb[])"
             ),
-            by_id: format!("{select} WHERE event_id = $1 AND position > 0"),
-            by_ids: format!("{select} WHERE event_id = ANY($1) AND position > 0"),
-            version: format!(
+            event_by_id: format!("{select} WHERE event_id = $1 AND position > 0"),
+            events_by_ids: format!("{select} WHERE event_id = ANY($1) AND position > 0"),
+            stream_info: format!(
                 "SELECT coalesce((SELECT max(e.revision) + 1 FROM {s}.events e \
                  WHERE e.stream_id = $1 AND e.position > 0), 0), \
                  coalesce(r.start, 0), coalesce(r.readable_from, 0), coalesce(r.status, 0::smallint) \
                  FROM (SELECT $1::text AS name) n LEFT JOIN {s}.streams r ON r.stream_id = n.name"
             ),
-            versions: format!(
+            streams_info: format!(
                 "SELECT coalesce((SELECT max(e.revision) + 1 FROM {s}.events e \
                  WHERE e.stream_id = n.name AND e.position > 0), 0), \
                  coalesce(r.start, 0), coalesce(r.readable_from, 0), coalesce(r.status, 0::smallint), \
@@ -143,15 +159,15 @@ impl Sql {
                 "UPDATE {s}.streams SET start = $2, readable_from = $3, status = $4 \
                  WHERE stream_id = $1"
             ),
-            head: format!(
+            safe_head: format!(
                 "SELECT coalesce(max(position), 0) FROM {s}.events WHERE position > 0 AND position < \
                  (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)"
             ),
             head_below: format!(
                 "SELECT coalesce(max(position), 0) FROM {s}.events WHERE position > 0 AND position < $1"
             ),
-            bound: "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20",
-            committed: format!(
+            safe_bound: "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20",
+            committed_head: format!(
                 "SELECT coalesce(max(position), 0) FROM {s}.events WHERE position > 0"
             ),
             // Revisions hidden by a lifecycle change are below the stream's `readable_from`; fences
@@ -178,7 +194,7 @@ impl Sql {
                  WHERE stream_id = $1 AND position > 0)) - $3 \
                  AND position > 0 ORDER BY revision DESC LIMIT $3"
             ),
-            select,
+            select_events: select,
         }
     }
 
