@@ -47,6 +47,8 @@ use sirenia_core::{
 };
 use tokio::sync::watch;
 
+// Here: the store, its options and the port. The statements' text is in `sql`, appends in
+// `append`, reads in `read`, wake-ups in `notify`, administration in `admin`.
 mod admin;
 mod append;
 mod connect;
