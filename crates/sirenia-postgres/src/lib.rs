@@ -38,30 +38,33 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
 use deadpool_postgres::{GenericClient, Pool};
-use sirenia_core::lifecycle::{
-    StreamChange, StreamInfo, StreamStatus, append_target, decide_change,
-};
-use sirenia_core::limits::MAX_SCAN_PER_PAGE;
-use sirenia_core::store::{WriteDisposition, classify_write, validate_append};
+use sirenia_core::lifecycle::{StreamChange, StreamInfo, append_target, decide_change};
+use sirenia_core::store::validate_append;
 use sirenia_core::{
-    AllPage, AppendResult, Direction, EventFilter, EventId, EventStore, ExpectedVersion,
-    JSON_CONTENT_TYPE, Metadata, Position, RecordedEvent, StoreError, StreamAppended, StreamId,
-    StreamWrite, Timestamp,
+    AllPage, AppendResult, Direction, EventFilter, EventId, EventStore, Position, RecordedEvent,
+    StoreError, StreamId, StreamWrite,
 };
 use tokio::sync::watch;
-use tokio_postgres::Row;
 
+// Here: the store, its options and the port. The statements' text is in `sql`, appends in
+// `append`, reads in `read`, wake-ups in `notify`, administration in `admin`.
+mod admin;
+mod append;
 mod connect;
+mod notify;
 pub mod projection;
+mod read;
 mod schema;
 mod snapshots;
-mod store_admin;
+mod sql;
 
+use append::AppendContext;
 use connect::Connector;
 pub use connect::TlsOptions;
+use read::decode_stream_info;
 pub use snapshots::PostgresSnapshots;
+use sql::Sql;
 
 pub use projection::{PostgresBackend, PostgresCheckpoints, PostgresProjection, PostgresTarget};
 /// The PostgreSQL client projection handlers write with (the same version as the store's).
@@ -145,8 +148,11 @@ struct Shared {
     /// Appends done by the one-statement path and by the append function.
     one_statement: std::sync::atomic::AtomicU64,
     by_function: std::sync::atomic::AtomicU64,
-    /// Bumped when a projection of this process commits (the admin port's notifications).
-    changes: watch::Sender<u64>,
+    /// Bumped when a projection commits, in this process or (through the listener) in
+    /// another: the admin port's notifications.
+    changes: Arc<watch::Sender<u64>>,
+    /// Passes the listener's wake-ups on to `changes`.
+    forwarder: tokio::task::JoinHandle<()>,
 }
 
 /// How this process's appends were done (see [`PostgresStore::append_paths`]).
@@ -162,6 +168,7 @@ impl Drop for Shared {
     fn drop(&mut self) {
         self.listener.abort();
         self.notifier.abort();
+        self.forwarder.abort();
     }
 }
 
@@ -173,336 +180,12 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
-/// The statements, with the schema filled in.
-struct Sql {
-    append: String,
-    /// One write of one event in one INSERT, by [`Shape`] (known, exact, computed), then by
-    /// the columns its payload and metadata fill ([`OneEvent::columns`]).
-    append_one: [[String; 4]; 3],
-    /// The same for a write of several events.
-    append_batch: [String; 3],
-    select: String,
-    by_id: String,
-    by_ids: String,
-    version: String,
-    versions: String,
-    lock_stream: String,
-    ensure_stream: String,
-    /// A fence at the stream's version (if it has none yet), returning that version.
-    fence: String,
-    change_stream: String,
-    head: String,
-    head_below: String,
-    bound: &'static str,
-    committed: String,
-    stream_forward: String,
-    stream_backward: String,
-}
-
-impl Sql {
-    fn new(schema: &str) -> Self {
-        let s = schema::quote(schema);
-        let select = format!(
-            "SELECT position, stream_id, revision, event_id, event_type, schema_version, \
-             content_type, data::text, data_bytes, metadata::text, recorded_at FROM {s}.events"
-        );
-        // One write in one plain INSERT (no function call): the unique (stream_id, revision)
-        // key decides between racing appends, and a fence (see the schema) at the version of a
-        // deleted or tombstoned stream stops any append there. Three shapes, by what the
-        // client knows of the stream: its version (`known`: nothing but the INSERT), an
-        // expected version n > 0 (`exact`: revision n - 1 must be an event), or nothing
-        // (`computed`: the revision after the last event; kind 2, stream exists, needs one).
-        // No row back, or the key taken, means: decide again with the append function.
-        // Positions are `xid << 20` + index, as the function makes them (an autocommit
-        // statement is its own transaction, so no earlier append shares the xid); from 2^43
-        // on the multiplication overflows, and the function raises the error.
-        let position = "pg_current_xact_id()::text::bigint * 1048576";
-        let columns = "position, stream_id, revision, event_id, event_type, schema_version, \
-                       content_type, data, data_bytes, metadata";
-        let previous = format!(
-            "EXISTS (SELECT 1 FROM {s}.events WHERE stream_id = $1 \
-             AND revision = $2::bigint - 1 AND position > 0)"
-        );
-        let last = format!(
-            "(SELECT max(revision) AS top FROM {s}.events WHERE stream_id = $1 \
-             AND position > 0) m"
-        );
-        let computed_ok = "($2::integer <> 2 OR m.top IS NOT NULL)";
-        // A single event's payload and metadata: a parameter each when present, a literal
-        // NULL otherwise (fewer parameters to bind and decode), by `OneEvent::columns`.
-        let tails = [
-            "$7::text::jsonb, NULL, NULL",
-            "$7::text::jsonb, NULL, $8::text::jsonb",
-            "NULL, $7, NULL",
-            "NULL, $7, $8::text::jsonb",
-        ];
-        let one = |from: &str, revision: &str, condition: &str| {
-            tails.map(|tail| {
-                format!(
-                    "INSERT INTO {s}.events ({columns}) \
-                     SELECT {position}, $1, {revision}, $3, $4, $5, $6, {tail}{from}{condition} \
-                     RETURNING revision, position"
-                )
-            })
-        };
-        let batch = |from: &str, revision: &str, condition: &str| {
-            format!(
-                "INSERT INTO {s}.events ({columns}) \
-                 SELECT {position} + e.ord - 1, $1, {revision} + e.ord - 1, e.id, e.ty, e.ver, \
-                        e.ct, e.js, e.bs, e.md \
-                 FROM {from}unnest($3::uuid[], $4::text[], $5::integer[], $6::text[], \
-                             $7::text[]::jsonb[], $8::bytea[], $9::text[]::jsonb[]) \
-                      WITH ORDINALITY AS e(id, ty, ver, ct, js, bs, md, ord){condition} \
-                 RETURNING revision, position"
-            )
-        };
-        let known_one = tails.map(|tail| {
-            format!(
-                "INSERT INTO {s}.events ({columns}) \
-                 VALUES ({position}, $1, $2, $3, $4, $5, $6, {tail}) \
-                 RETURNING revision, position"
-            )
-        });
-        Sql {
-            append_one: [
-                known_one,
-                one("", "$2::bigint", &format!(" WHERE {previous}")),
-                one(
-                    &format!(" FROM {last}"),
-                    "coalesce(m.top + 1, 0)",
-                    &format!(" WHERE {computed_ok}"),
-                ),
-            ],
-            append_batch: [
-                batch("", "$2::bigint", ""),
-                batch("", "$2::bigint", &format!(" WHERE {previous}")),
-                batch(
-                    &format!("{last}, "),
-                    "coalesce(m.top + 1, 0)",
-                    &format!(" WHERE {computed_ok}"),
-                ),
-            ],
-            append: format!(
-                "SELECT base, firsts FROM {s}.append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-                 $11::text[]::jsonb[], $12, $13::text[]::jsonb[])"
-            ),
-            by_id: format!("{select} WHERE event_id = $1 AND position > 0"),
-            by_ids: format!("{select} WHERE event_id = ANY($1) AND position > 0"),
-            version: format!(
-                "SELECT coalesce((SELECT max(e.revision) + 1 FROM {s}.events e \
-                 WHERE e.stream_id = $1 AND e.position > 0), 0), \
-                 coalesce(r.start, 0), coalesce(r.readable_from, 0), coalesce(r.status, 0::smallint) \
-                 FROM (SELECT $1::text AS name) n LEFT JOIN {s}.streams r ON r.stream_id = n.name"
-            ),
-            versions: format!(
-                "SELECT coalesce((SELECT max(e.revision) + 1 FROM {s}.events e \
-                 WHERE e.stream_id = n.name AND e.position > 0), 0), \
-                 coalesce(r.start, 0), coalesce(r.readable_from, 0), coalesce(r.status, 0::smallint), \
-                 n.name FROM unnest($1::text[]) AS n(name) \
-                 LEFT JOIN {s}.streams r ON r.stream_id = n.name"
-            ),
-            lock_stream: format!("SELECT 1 FROM {s}.streams WHERE stream_id = $1 FOR UPDATE"),
-            ensure_stream: format!(
-                "INSERT INTO {s}.streams (stream_id) VALUES ($1) \
-                 ON CONFLICT (stream_id) DO NOTHING"
-            ),
-            fence: format!("SELECT {s}.fence($1)"),
-            change_stream: format!(
-                "UPDATE {s}.streams SET start = $2, readable_from = $3, status = $4 \
-                 WHERE stream_id = $1"
-            ),
-            head: format!(
-                "SELECT coalesce(max(position), 0) FROM {s}.events WHERE position > 0 AND position < \
-                 (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)"
-            ),
-            head_below: format!(
-                "SELECT coalesce(max(position), 0) FROM {s}.events WHERE position > 0 AND position < $1"
-            ),
-            bound: "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20",
-            committed: format!(
-                "SELECT coalesce(max(position), 0) FROM {s}.events WHERE position > 0"
-            ),
-            // Revisions hidden by a lifecycle change are below the stream's `readable_from`; fences
-            // (negative positions) are not events.
-            // A stream's revisions are dense (0, 1, 2, … whatever its lifecycle), so a page of
-            // n events from revision r is exactly the range [r, r + n) (backwards: (t - n, t]
-            // with t the lower of r and the stream's last revision).
-            // Both bounds are in SQL: with only one, a table whose statistics are stale (right
-            // after a bulk load) gets a bitmap scan of the rest of the stream and a sort, 800 ms
-            // per page of a 1,000,000-event stream instead of 8–23 ms.
-            stream_forward: format!(
-                "{select} WHERE stream_id = $1 AND revision >= GREATEST($2, coalesce(\
-                 (SELECT readable_from FROM {s}.streams WHERE stream_id = $1), 0)) \
-                 AND revision < GREATEST($2, coalesce(\
-                 (SELECT readable_from FROM {s}.streams WHERE stream_id = $1), 0)) + $3 \
-                 AND position > 0 ORDER BY revision LIMIT $3"
-            ),
-            stream_backward: format!(
-                "{select} WHERE stream_id = $1 AND revision >= coalesce(\
-                 (SELECT readable_from FROM {s}.streams WHERE stream_id = $1), 0) \
-                 AND revision <= LEAST($2, (SELECT max(revision) FROM {s}.events \
-                 WHERE stream_id = $1 AND position > 0)) \
-                 AND revision > LEAST($2, (SELECT max(revision) FROM {s}.events \
-                 WHERE stream_id = $1 AND position > 0)) - $3 \
-                 AND position > 0 ORDER BY revision DESC LIMIT $3"
-            ),
-            select,
-        }
-    }
-}
-
 pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     StoreError::backend("PostgreSQL failed", e)
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     StoreError::backend("no PostgreSQL connection", e)
-}
-
-/// A stream's record from the first four columns of the `version` query (the version from the
-/// log, then `start`, `readable_from` and `status` from the lifecycle record, 0 without one); a
-/// stream without events or lifecycle is no record.
-fn decode_info(row: &Row) -> Result<Option<StreamInfo>, StoreError> {
-    let number = |i: usize, what: &str| {
-        let v: i64 = row.get(i);
-        u64::try_from(v).map_err(|_| corrupt(what, v))
-    };
-    let status: i16 = row.get(3);
-    let info = StreamInfo {
-        version: number(0, "version")?,
-        start: number(1, "stream start")?,
-        readable_from: number(2, "readable_from")?,
-        status: StreamStatus::from_code(i64::from(status))?,
-    };
-    Ok((info.version > 0 || info.has_lifecycle()).then_some(info))
-}
-
-/// An expectation as the append statements' parameters: a kind (0 any, 1 no stream, 2 stream
-/// exists, 3 exact) and the exact version.
-fn expectation_params(expected: ExpectedVersion) -> (i16, i64) {
-    match expected {
-        ExpectedVersion::Any => (0, 0),
-        ExpectedVersion::NoStream => (1, 0),
-        ExpectedVersion::StreamExists => (2, 0),
-        ExpectedVersion::Exact(v) => (3, to_i64(v)),
-    }
-}
-
-/// Events as the append statements' per-event array parameters, in order.
-struct EventColumns<'a> {
-    ids: Vec<uuid::Uuid>,
-    types: Vec<&'a str>,
-    versions: Vec<i32>,
-    content_types: Vec<&'a str>,
-    json: Vec<Option<&'a str>>,
-    raw: Vec<Option<&'a [u8]>>,
-    metadata: Vec<Option<String>>,
-}
-
-impl<'a> EventColumns<'a> {
-    /// The columns of `n` events.
-    fn new(events: impl Iterator<Item = &'a sirenia_core::NewEvent>, n: usize) -> Self {
-        let mut columns = EventColumns {
-            ids: Vec::with_capacity(n),
-            types: Vec::with_capacity(n),
-            versions: Vec::with_capacity(n),
-            content_types: Vec::with_capacity(n),
-            json: Vec::with_capacity(n),
-            raw: Vec::with_capacity(n),
-            metadata: Vec::with_capacity(n),
-        };
-        for event in events {
-            columns.ids.push(*event.id.as_uuid());
-            columns.types.push(event.event_type.as_str());
-            columns.versions.push(i32::from(event.schema_version));
-            columns.content_types.push(event.content_type.as_str());
-            let (text, bytes) = payload_columns(event);
-            columns.json.push(text);
-            columns.raw.push(bytes);
-            columns.metadata.push(metadata_json(&event.metadata));
-        }
-        columns
-    }
-
-    /// The arrays, as statement parameters.
-    fn arrays(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 7] {
-        [
-            &self.ids,
-            &self.types,
-            &self.versions,
-            &self.content_types,
-            &self.json,
-            &self.raw,
-            &self.metadata,
-        ]
-    }
-}
-
-/// One event's columns, for a single-event INSERT.
-struct OneEvent<'a> {
-    id: uuid::Uuid,
-    event_type: &'a str,
-    version: i32,
-    content_type: &'a str,
-    json: Option<&'a str>,
-    raw: &'a [u8],
-    metadata: Option<String>,
-}
-
-impl<'a> OneEvent<'a> {
-    fn new(event: &'a sirenia_core::NewEvent) -> Self {
-        OneEvent {
-            id: *event.id.as_uuid(),
-            event_type: &event.event_type,
-            version: i32::from(event.schema_version),
-            content_type: &event.content_type,
-            json: storable_json(&event.content_type, &event.data),
-            raw: &event.data,
-            metadata: metadata_json(&event.metadata),
-        }
-    }
-
-    /// Parameter 7: the payload, as JSON text for `data` or as bytes for `data_bytes`.
-    fn payload(&self) -> &(dyn tokio_postgres::types::ToSql + Sync) {
-        match &self.json {
-            Some(text) => text,
-            None => &self.raw,
-        }
-    }
-
-    /// Which statement of a shape's four takes these columns, and how many parameters it has
-    /// (parameter 8, the metadata, only when there is some).
-    fn columns(&self) -> (usize, usize) {
-        match (self.json.is_some(), self.metadata.is_some()) {
-            (true, false) => (0, 7),
-            (true, true) => (1, 8),
-            (false, false) => (2, 7),
-            (false, true) => (3, 8),
-        }
-    }
-}
-
-/// An event's payload as its two columns: JSON text for `jsonb`, or bytes for `bytea`.
-fn payload_columns(event: &sirenia_core::NewEvent) -> (Option<&str>, Option<&[u8]>) {
-    match storable_json(&event.content_type, &event.data) {
-        Some(text) => (Some(text), None),
-        None => (None, Some(event.data.as_ref())),
-    }
-}
-
-/// An event's metadata as the JSON text stored (`None`: empty). Validated before any I/O, so
-/// it encodes.
-fn metadata_json(metadata: &Metadata) -> Option<String> {
-    if metadata.is_empty() {
-        return None;
-    }
-    Some(
-        metadata
-            .to_json()
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .unwrap_or_else(|| "{}".to_owned()),
-    )
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -532,163 +215,6 @@ fn check_schema_name(schema: &str) -> Result<(), StoreError> {
             ),
         })
     }
-}
-
-/// Whether `event` can go into a `jsonb` column as it is.
-fn storable_json<'a>(content_type: &str, data: &'a [u8]) -> Option<&'a str> {
-    let essence = content_type.split(';').next().unwrap_or("").trim();
-    if !essence.eq_ignore_ascii_case(JSON_CONTENT_TYPE) {
-        return None;
-    }
-    let text = std::str::from_utf8(data).ok()?;
-    // jsonb refuses U+0000; such payloads keep their bytes.
-    if text.contains("\\u0000") {
-        return None;
-    }
-    // A full parse: it refuses what jsonb refuses too (lone surrogates, out-of-range numbers).
-    serde_json::from_str::<Parsed>(text).ok()?;
-    Some(text)
-}
-
-/// What parsing a JSON text into a `serde_json::Value` checks (every string decoded, escapes
-/// and surrogate pairs included; every number parsed; the same depth limit), without building
-/// the value: nothing is allocated per append for a check whose result is a yes or a no.
-struct Parsed;
-
-impl<'de> serde::Deserialize<'de> for Parsed {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(Parsed)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Parsed {
-    type Value = Parsed;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<Parsed, E> {
-        Ok(Parsed)
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<Parsed, E> {
-        Ok(Parsed)
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<Parsed, E> {
-        Ok(Parsed)
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<Parsed, E> {
-        Ok(Parsed)
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<Parsed, E> {
-        Ok(Parsed)
-    }
-
-    fn visit_unit<E>(self) -> Result<Parsed, E> {
-        Ok(Parsed)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Parsed, A::Error> {
-        while seq.next_element::<Parsed>()?.is_some() {}
-        Ok(Parsed)
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Parsed, A::Error> {
-        while map.next_entry::<Parsed, Parsed>()?.is_some() {}
-        Ok(Parsed)
-    }
-}
-
-fn decode(row: &Row) -> Result<RecordedEvent, StoreError> {
-    let position: i64 = row.get(0);
-    let stream: &str = row.get(1);
-    let revision: i64 = row.get(2);
-    let schema_version: i32 = row.get(5);
-    let json: Option<String> = row.get(7);
-    let raw: Option<Vec<u8>> = row.get(8);
-    let metadata: Option<String> = row.get(9);
-    let recorded_at: std::time::SystemTime = row.get(10);
-    Ok(RecordedEvent {
-        position: Position(u64::try_from(position).map_err(|_| corrupt("position", position))?),
-        stream_id: StreamId::new(stream).map_err(|e| corrupt("stream id", e))?,
-        revision: u64::try_from(revision).map_err(|_| corrupt("revision", revision))?,
-        id: EventId(row.get(3)),
-        event_type: row.get(4),
-        schema_version: u16::try_from(schema_version)
-            .map_err(|_| corrupt("schema version", schema_version))?,
-        content_type: row.get(6),
-        data: match (json, raw) {
-            (Some(text), None) => Bytes::from(text.into_bytes()),
-            (None, Some(bytes)) => Bytes::from(bytes),
-            (None, None) => return Err(corrupt("event", "no payload")),
-            (Some(_), Some(_)) => return Err(corrupt("event", "two payloads")),
-        },
-        metadata: match metadata {
-            Some(text) => serde_json::from_str(&text).map_err(|e| corrupt("metadata", e))?,
-            None => Metadata::default(),
-        },
-        recorded_at: Timestamp::from_system_time(recorded_at),
-    })
-}
-
-/// Whether calls of the append function need a savepoint (inside a caller's transaction, a
-/// failed statement would abort the whole transaction).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Guard {
-    None,
-    Savepoint,
-}
-
-/// Which one-statement append a write takes, by what this process knows of its stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Shape {
-    /// The revision is known: the stream's remembered version for `Any`, `StreamExists` (a
-    /// version above 0) or the same `Exact` one; 0 for `NoStream` and `Exact(0)`. The INSERT
-    /// alone: a revision taken meanwhile, or a fence, refuses it on the key.
-    Known(u64),
-    /// `Exact(n)`, n > 0, not the remembered version: revision n - 1 must be an event.
-    Exact(u64),
-    /// Nothing remembered: the revision after the stream's last event (which must exist for
-    /// `StreamExists`).
-    Computed { must_exist: bool },
-}
-
-impl Shape {
-    fn of(expected: ExpectedVersion, remembered: Option<u64>) -> Self {
-        match (expected, remembered) {
-            (ExpectedVersion::NoStream | ExpectedVersion::Exact(0), _) => Shape::Known(0),
-            (ExpectedVersion::Any, Some(v)) => Shape::Known(v),
-            (ExpectedVersion::StreamExists, Some(v)) if v > 0 => Shape::Known(v),
-            (ExpectedVersion::Exact(n), Some(v)) if n == v => Shape::Known(n),
-            (ExpectedVersion::Exact(n), _) => Shape::Exact(n),
-            (ExpectedVersion::Any, None) => Shape::Computed { must_exist: false },
-            (ExpectedVersion::StreamExists, _) => Shape::Computed { must_exist: true },
-        }
-    }
-}
-
-/// Why the append function did not append.
-enum CallError {
-    /// Write `index` (0-based) found the stream at `actual`.
-    Conflict {
-        index: usize,
-        actual: u64,
-    },
-    /// An event id is already stored.
-    DuplicateId,
-    /// The plain-SQL path did not append: decide with the append function.
-    Recheck,
-    /// The append function lost a revision to a concurrent append: decide again.
-    Raced,
-    /// Write `index` (0-based) is to a tombstoned stream.
-    Tombstoned {
-        index: usize,
-    },
-    Store(StoreError),
 }
 
 impl PostgresStore {
@@ -755,13 +281,20 @@ impl PostgresStore {
         let wake_tx = Arc::new(wake_tx);
         let announce = Arc::new(tokio::sync::Notify::new());
         let dedicated = config.clone();
-        let listener = tokio::spawn(listen(
+        let listener = tokio::spawn(notify::run_listener(
             connector.clone(),
             config.clone(),
             channel.clone(),
             wake_tx.clone(),
         ));
-        let notifier = tokio::spawn(notify(connector.clone(), config, channel, announce.clone()));
+        let notifier = tokio::spawn(notify::run_notifier(
+            connector.clone(),
+            config,
+            channel,
+            announce.clone(),
+        ));
+        let changes = Arc::new(watch::channel(0).0);
+        let forwarder = tokio::spawn(notify::forward_wakes(wake.clone(), changes.clone()));
         Ok(PostgresStore {
             shared: Arc::new(Shared {
                 pool,
@@ -778,7 +311,8 @@ impl PostgresStore {
                 versions,
                 one_statement: std::sync::atomic::AtomicU64::new(0),
                 by_function: std::sync::atomic::AtomicU64::new(0),
-                changes: watch::channel(0).0,
+                changes,
+                forwarder,
             }),
         })
     }
@@ -795,14 +329,6 @@ impl PostgresStore {
     /// The schema holding the tables.
     pub fn schema(&self) -> &str {
         &self.shared.schema
-    }
-
-    /// Wakes subscriptions after a commit: this process's at once, other processes' through a
-    /// notification. [`append`](EventStore::append) does it; call it after committing a
-    /// transaction that used [`append_in_transaction`](Self::append_in_transaction).
-    pub fn announce(&self) {
-        self.shared.wake_tx.send_modify(|n| *n = n.wrapping_add(1));
-        self.shared.announce.notify_one();
     }
 
     /// A projection named `name` whose read model `handler` keeps in this database, for a
@@ -824,795 +350,6 @@ impl PostgresStore {
     pub(crate) fn projection_changes(&self) -> watch::Receiver<u64> {
         self.shared.changes.subscribe()
     }
-
-    /// Appends one batch of an import (see [`sirenia_core::store::import_batches`]): like an
-    /// append, in one transaction, and each event keeps its original `recorded_at`.
-    /// Re-importing a batch that is already stored writes nothing (event ids are idempotent).
-    pub async fn import(
-        &self,
-        batch: sirenia_core::store::ImportBatch,
-    ) -> Result<AppendResult, StoreError> {
-        sirenia_core::store::validate_import(&batch)?;
-        let mut client = self.client().await?;
-        let mut tx = client.transaction().await.map_err(pg_error)?;
-        // Stamped by event id, only the rows this transaction inserted (their positions carry
-        // its transaction id): events already stored (a repeated import) keep theirs.
-        let ids: Vec<uuid::Uuid> = batch
-            .writes
-            .iter()
-            .flat_map(|w| w.events.iter().map(|e| *e.id.as_uuid()))
-            .collect();
-        let stamps: Vec<std::time::SystemTime> = batch
-            .recorded_at
-            .iter()
-            .map(|t| t.to_system_time())
-            .collect();
-        let result = self.append_in_transaction(&mut tx, batch.writes).await?;
-        let s = schema::quote(&self.shared.schema);
-        tx.execute(
-            &format!(
-                "UPDATE {s}.events SET recorded_at = t.ts
-                 FROM unnest($1::uuid[], $2::timestamptz[]) AS t(id, ts)
-                 WHERE event_id = t.id
-                   AND ({s}.events.position >> 20) = pg_current_xact_id()::text::bigint"
-            ),
-            &[&ids, &stamps],
-        )
-        .await
-        .map_err(pg_error)?;
-        tx.commit().await.map_err(pg_error)?;
-        self.announce();
-        Ok(result)
-    }
-
-    /// Asks the running projector of `name` (in whichever process) to carry out `request`.
-    pub async fn request_projection(
-        &self,
-        name: &str,
-        request: sirenia_core::projection::ProjectionRequest,
-    ) -> Result<(), StoreError> {
-        let s = schema::quote(&self.shared.schema);
-        self.client()
-            .await?
-            .execute(
-                &format!(
-                    "INSERT INTO {s}.projection_requests (name, kind) VALUES ($1, $2)
-                     ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, requested_at = now()"
-                ),
-                &[&name, &request.as_str()],
-            )
-            .await
-            .map(|_| ())
-            .map_err(pg_error)
-    }
-
-    /// The request for `name` its projector has not taken yet.
-    pub async fn pending_request(
-        &self,
-        name: &str,
-    ) -> Result<Option<sirenia_core::projection::ProjectionRequest>, StoreError> {
-        let s = schema::quote(&self.shared.schema);
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                &format!("SELECT kind FROM {s}.projection_requests WHERE name = $1"),
-                &[&name],
-            )
-            .await
-            .map_err(pg_error)?;
-        Ok(row
-            .and_then(|r| sirenia_core::projection::ProjectionRequest::parse(r.get::<_, &str>(0))))
-    }
-
-    /// Every projection recorded in the schema: checkpoint, fault and parked count.
-    pub async fn projections(
-        &self,
-    ) -> Result<Vec<sirenia_core::projection::StoredProjection>, StoreError> {
-        projection::stored_projections(self).await
-    }
-
-    /// The events projection `name` parked.
-    pub async fn parked(
-        &self,
-        name: &str,
-    ) -> Result<Vec<sirenia_core::projection::FailedEvent>, StoreError> {
-        projection::stored_parked(self, name).await
-    }
-
-    /// Records that readers of read model `name` should use `version` from now on: the switch
-    /// of a blue/green rebuild (see `Projector::run_blue_green`).
-    pub async fn set_active_version(&self, name: &str, version: &str) -> Result<(), StoreError> {
-        let s = schema::quote(&self.shared.schema);
-        self.client()
-            .await?
-            .execute(
-                &format!(
-                    "INSERT INTO {s}.projection_versions (name, version, updated_at)
-                     VALUES ($1, $2, now())
-                     ON CONFLICT (name) DO UPDATE SET version = excluded.version,
-                       updated_at = now()"
-                ),
-                &[&name, &version],
-            )
-            .await
-            .map(|_| ())
-            .map_err(pg_error)
-    }
-
-    /// The version of read model `name` readers should use, if one was set.
-    pub async fn active_version(&self, name: &str) -> Result<Option<String>, StoreError> {
-        let s = schema::quote(&self.shared.schema);
-        Ok(self
-            .client()
-            .await?
-            .query_opt(
-                &format!("SELECT version FROM {s}.projection_versions WHERE name = $1"),
-                &[&name],
-            )
-            .await
-            .map_err(pg_error)?
-            .map(|r| r.get(0)))
-    }
-
-    /// Drops the schema and everything in it. For tests and tear-down.
-    pub async fn drop_schema(&self) -> Result<(), StoreError> {
-        if let Ok(mut versions) = self.shared.versions.lock() {
-            versions.clear();
-        }
-        let client = self.shared.pool.get().await.map_err(pool_error)?;
-        client
-            .batch_execute(&format!(
-                "DROP SCHEMA IF EXISTS {} CASCADE",
-                schema::quote(&self.shared.schema)
-            ))
-            .await
-            .map_err(pg_error)
-    }
-
-    /// Appends within the caller's transaction: the events commit (and become visible) with
-    /// it, together with whatever else it writes. A failure rolls back only the append (a
-    /// savepoint), leaving the caller's transaction usable.
-    pub async fn append_in_transaction(
-        &self,
-        tx: &mut deadpool_postgres::Transaction<'_>,
-        writes: Vec<StreamWrite>,
-    ) -> Result<AppendResult, StoreError> {
-        validate_append(&writes)?;
-        self.append_on(&*tx, &writes, Guard::Savepoint).await
-    }
-
-    /// One call of the append function. Inside a caller's transaction it runs under a
-    /// savepoint, so a refused call leaves the transaction usable for the fallback and after.
-    async fn guarded_call(
-        &self,
-        client: &impl GenericClient,
-        writes: &[&StreamWrite],
-        guard: Guard,
-    ) -> Result<AppendResult, CallError> {
-        if guard == Guard::None {
-            return self.call(client, writes).await;
-        }
-        let store = |e| CallError::Store(pg_error(e));
-        client
-            .batch_execute("SAVEPOINT sirenia_append")
-            .await
-            .map_err(store)?;
-        let result = self.call(client, writes).await;
-        let end = if result.is_ok() {
-            "RELEASE SAVEPOINT sirenia_append"
-        } else {
-            "ROLLBACK TO SAVEPOINT sirenia_append; RELEASE SAVEPOINT sirenia_append"
-        };
-        client.batch_execute(end).await.map_err(store)?;
-        result
-    }
-
-    /// One write with events in one plain INSERT (outside a caller's transaction). `Recheck`
-    /// when it did not append (an expectation, a revision taken meanwhile, a fence of a
-    /// deleted or tombstoned stream): the append function then decides.
-    async fn call_one(
-        &self,
-        client: &impl GenericClient,
-        write: &StreamWrite,
-    ) -> Result<AppendResult, CallError> {
-        let count = write.events.len() as u64;
-        let sql = &self.shared.sql;
-        let shape = Shape::of(write.expected, self.cached_version(&write.stream));
-        // Parameter 2: the revision (known, exact) or the expectation's kind (computed).
-        let (index, revision, kind) = match shape {
-            Shape::Known(v) => (0, to_i64(v), 0),
-            Shape::Exact(v) => (1, to_i64(v), 0),
-            Shape::Computed { must_exist } => (2, 0, if must_exist { 2 } else { 0 }),
-        };
-        let second: &(dyn tokio_postgres::types::ToSql + Sync) =
-            if index == 2 { &kind } else { &revision };
-        let stream = write.stream.as_str();
-        // Parameters 3 on: the event's columns (one event: 7 or 8 in all, see `OneEvent::columns`),
-        // or arrays of them (9 in all).
-        let rows = if let [event] = write.events.as_slice() {
-            let one = OneEvent::new(event);
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
-                &stream,
-                second,
-                &one.id,
-                &one.event_type,
-                &one.version,
-                &one.content_type,
-                one.payload(),
-                &one.metadata,
-            ];
-            let (columns, used) = one.columns();
-            Self::query_as(client, &sql.append_one[index][columns], &params[..used]).await
-        } else {
-            let columns = EventColumns::new(write.events.iter(), write.events.len());
-            let [a, b, c, d, e, f, g] = columns.arrays();
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] =
-                [&stream, second, a, b, c, d, e, f, g];
-            Self::query_as(client, &sql.append_batch[index], &params).await
-        };
-        let rows = match rows {
-            Ok(rows) => rows,
-            Err(e) => {
-                let e = classify_error(e);
-                if matches!(e, CallError::Raced) && shape != Shape::Known(0) {
-                    self.contended(&write.stream);
-                }
-                return Err(e);
-            }
-        };
-        if rows.len() as u64 != count {
-            return Err(CallError::Recheck);
-        }
-        let mut first = i64::MAX;
-        let mut base = i64::MAX;
-        for row in &rows {
-            first = first.min(row.get(0));
-            base = base.min(row.get(1));
-        }
-        let first =
-            u64::try_from(first).map_err(|_| CallError::Store(corrupt("revision", first)))?;
-        let base = u64::try_from(base).map_err(|_| CallError::Store(corrupt("position", base)))?;
-        Ok(AppendResult {
-            streams: vec![StreamAppended {
-                stream: write.stream.clone(),
-                first_revision: first,
-                version: first + count,
-                first_position: Some(Position(base)),
-                last_position: Some(Position(base + count - 1)),
-            }],
-        })
-    }
-
-    /// Runs `sql` (prepared once per connection) with `params`.
-    async fn query_as(
-        client: &impl GenericClient,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<Row>, tokio_postgres::Error> {
-        let statement = client.prepare_cached(sql).await?;
-        client.query(&statement, params).await
-    }
-
-    /// The version this process last saw `stream` reach (a lower bound of its version:
-    /// revisions are never removed), if it remembers one.
-    fn cached_version(&self, stream: &StreamId) -> Option<u64> {
-        self.shared
-            .versions
-            .lock()
-            .ok()
-            .and_then(|v| v.get(stream.as_str()).copied().flatten())
-    }
-
-    /// Marks `stream` contended: other processes (or tasks) append to it too, so the version
-    /// this one remembers is likely stale, and appending at it would cost a refused INSERT.
-    fn contended(&self, stream: &StreamId) {
-        if let Ok(mut versions) = self.shared.versions.lock() {
-            versions.insert(stream.as_str().to_owned(), None);
-        }
-    }
-
-    /// Remembers the versions an append reached, or forgets the streams of one that failed.
-    fn remember(&self, writes: &[StreamWrite], result: Option<&AppendResult>) {
-        let Ok(mut versions) = self.shared.versions.lock() else {
-            return;
-        };
-        match result {
-            Some(result) => {
-                if versions.len() + result.streams.len() > MAX_CACHED_VERSIONS {
-                    versions.clear();
-                }
-                for appended in result.streams.iter().filter(|a| a.version > 0) {
-                    // A contended stream (`None`) stays so.
-                    match versions.get_mut(appended.stream.as_str()) {
-                        Some(Some(v)) => *v = appended.version,
-                        Some(None) => {}
-                        None => {
-                            versions.insert(
-                                appended.stream.as_str().to_owned(),
-                                Some(appended.version),
-                            );
-                        }
-                    }
-                }
-            }
-            None => {
-                for write in writes {
-                    if let Some(Some(_)) = versions.get(write.stream.as_str()) {
-                        versions.remove(write.stream.as_str());
-                    }
-                }
-            }
-        }
-    }
-
-    async fn call(
-        &self,
-        client: &impl GenericClient,
-        writes: &[&StreamWrite],
-    ) -> Result<AppendResult, CallError> {
-        let mut streams = Vec::with_capacity(writes.len());
-        let mut kinds = Vec::with_capacity(writes.len());
-        let mut expected = Vec::with_capacity(writes.len());
-        let mut counts = Vec::with_capacity(writes.len());
-        let total: usize = writes.iter().map(|w| w.events.len()).sum();
-        let mut write_of = Vec::with_capacity(total);
-        let mut index = Vec::with_capacity(total);
-        for (w, write) in writes.iter().enumerate() {
-            streams.push(write.stream.as_str());
-            let (kind, version) = expectation_params(write.expected);
-            kinds.push(kind);
-            expected.push(version);
-            counts.push(write.events.len() as i64);
-            for i in 0..write.events.len() {
-                write_of.push(i32::try_from(w + 1).unwrap_or(i32::MAX));
-                index.push(i as i64);
-            }
-        }
-        let columns = EventColumns::new(writes.iter().flat_map(|w| w.events.iter()), total);
-        let statement = client
-            .prepare_cached(&self.shared.sql.append)
-            .await
-            .map_err(|e| CallError::Store(pg_error(e)))?;
-        let row = client
-            .query_one(
-                &statement,
-                &[
-                    &[
-                        &streams as &(dyn tokio_postgres::types::ToSql + Sync),
-                        &kinds,
-                        &expected,
-                        &counts,
-                        &write_of,
-                        &index,
-                    ][..],
-                    &columns.arrays()[..],
-                ]
-                .concat(),
-            )
-            .await;
-        let row = match row {
-            Ok(row) => row,
-            Err(e) => return Err(classify_error(e)),
-        };
-        let base: i64 = row.get(0);
-        let firsts: Vec<i64> = row.get(1);
-        let mut position =
-            u64::try_from(base).map_err(|_| CallError::Store(corrupt("base", base)))?;
-        let mut result = Vec::with_capacity(writes.len());
-        for (write, first) in writes.iter().zip(firsts) {
-            let first =
-                u64::try_from(first).map_err(|_| CallError::Store(corrupt("version", first)))?;
-            let count = write.events.len() as u64;
-            result.push(StreamAppended {
-                stream: write.stream.clone(),
-                first_revision: first,
-                version: first + count,
-                first_position: (count > 0).then_some(Position(position)),
-                last_position: (count > 0).then_some(Position(position + count - 1)),
-            });
-            position += count;
-        }
-        Ok(AppendResult { streams: result })
-    }
-
-    /// Appends on `client`, deciding repeats and conflicts as the port says.
-    async fn append_on(
-        &self,
-        client: &impl GenericClient,
-        writes: &[StreamWrite],
-        guard: Guard,
-    ) -> Result<AppendResult, StoreError> {
-        let first = match (writes, guard) {
-            ([one], Guard::None) if !one.events.is_empty() => self.call_one(client, one).await,
-            _ => Err(CallError::Recheck),
-        };
-        let first = match first {
-            Err(CallError::Recheck | CallError::Raced) => {
-                self.shared.by_function.fetch_add(1, Ordering::Relaxed);
-                let all: Vec<&StreamWrite> = writes.iter().collect();
-                self.guarded_call(client, &all, guard).await
-            }
-            other => {
-                if other.is_ok() {
-                    self.shared.one_statement.fetch_add(1, Ordering::Relaxed);
-                }
-                other
-            }
-        };
-        match first {
-            Ok(result) => return Ok(result),
-            Err(CallError::Store(e)) => return Err(e),
-            Err(
-                CallError::Conflict { .. }
-                | CallError::DuplicateId
-                | CallError::Recheck
-                | CallError::Raced
-                | CallError::Tombstoned { .. },
-            ) => {}
-        }
-        // Rare paths: a conflict may be a repeat of an append that succeeded, and a stored id
-        // may be a repeat or a reuse. Decide every write in request order as the port says (ids
-        // first, then the expectation), with the stored events and current versions in hand.
-        let mut last_conflict = None;
-        let (mut id_races, mut revision_races) = (0, 0);
-        while id_races < MAX_APPEND_ATTEMPTS && revision_races < MAX_REVISION_RACES {
-            let ids: Vec<uuid::Uuid> = writes
-                .iter()
-                .flat_map(|w| w.events.iter().map(|e| *e.id.as_uuid()))
-                .collect();
-            let names: Vec<&str> = writes.iter().map(|w| w.stream.as_str()).collect();
-            let statement = client
-                .prepare_cached(&self.shared.sql.by_ids)
-                .await
-                .map_err(pg_error)?;
-            let rows = client.query(&statement, &[&ids]).await.map_err(pg_error)?;
-            let mut stored = HashMap::with_capacity(rows.len());
-            for row in &rows {
-                let event = decode(row)?;
-                stored.insert(event.id, event);
-            }
-            let statement = client
-                .prepare_cached(&self.shared.sql.versions)
-                .await
-                .map_err(pg_error)?;
-            let mut records: HashMap<String, StreamInfo> = HashMap::new();
-            for row in client
-                .query(&statement, &[&names])
-                .await
-                .map_err(pg_error)?
-            {
-                if let Some(info) = decode_info(&row)? {
-                    records.insert(row.get(4), info);
-                }
-            }
-            let mut outcome: Vec<Option<StreamAppended>> = Vec::with_capacity(writes.len());
-            let mut new = Vec::new();
-            for write in writes {
-                let found: Vec<Option<&RecordedEvent>> =
-                    write.events.iter().map(|e| stored.get(&e.id)).collect();
-                match classify_write(write, &found)? {
-                    WriteDisposition::Repeat(original) => outcome.push(Some(original)),
-                    WriteDisposition::New => {
-                        let current =
-                            append_target(&write.stream, records.get(write.stream.as_str()))?;
-                        if !write.expected.is_satisfied_by(current) {
-                            return Err(StoreError::Conflict {
-                                stream: write.stream.clone(),
-                                expected: write.expected,
-                                actual: current,
-                            });
-                        }
-                        outcome.push(None);
-                        new.push(write);
-                    }
-                }
-            }
-            if new.is_empty() {
-                return Ok(AppendResult {
-                    streams: outcome.into_iter().flatten().collect(),
-                });
-            }
-            match self.guarded_call(client, &new, guard).await {
-                Ok(result) => {
-                    let mut appended = result.streams.into_iter();
-                    let streams = outcome
-                        .into_iter()
-                        .map(|o| o.or_else(|| appended.next()))
-                        .collect::<Option<Vec<_>>>()
-                        .ok_or_else(|| corrupt("append", "result count"))?;
-                    return Ok(AppendResult { streams });
-                }
-                // A concurrent append changed a stream or stored one of these ids meanwhile:
-                // decide again.
-                Err(CallError::Conflict { index, actual }) => {
-                    let write = new.get(index).ok_or_else(|| corrupt("conflict", index))?;
-                    last_conflict = Some(StoreError::Conflict {
-                        stream: write.stream.clone(),
-                        expected: write.expected,
-                        actual: (actual > 0).then_some(actual),
-                    });
-                    id_races += 1;
-                }
-                Err(CallError::DuplicateId | CallError::Recheck) => id_races += 1,
-                // Someone else's append went through: the next round sees it.
-                Err(CallError::Raced) => revision_races += 1,
-                Err(CallError::Tombstoned { index }) => {
-                    let write = new.get(index).ok_or_else(|| corrupt("tombstone", index))?;
-                    return Err(StoreError::StreamTombstoned {
-                        stream: write.stream.clone(),
-                    });
-                }
-                Err(CallError::Store(e)) => return Err(e),
-            }
-        }
-        if let Some(conflict) = last_conflict {
-            return Err(conflict);
-        }
-        let message = if revision_races >= MAX_REVISION_RACES {
-            "concurrent appends kept taking the same revisions"
-        } else {
-            "concurrent appends kept racing on the same event ids"
-        };
-        Err(StoreError::Backend {
-            message: message.to_owned(),
-            source: None,
-        })
-    }
-
-    async fn query(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let client = self.client().await?;
-        let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
-        let rows = client.query(&statement, params).await.map_err(pg_error)?;
-        rows.iter().map(decode).collect()
-    }
-
-    /// The highest position below the current safe bound, without waiting for transactions in
-    /// flight: a subscription's cheap check whether to read again.
-    async fn safe_head(&self) -> Result<Position, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&self.shared.sql.head)
-            .await
-            .map_err(pg_error)?;
-        let head: i64 = client
-            .query_one(&statement, &[])
-            .await
-            .map_err(pg_error)?
-            .get(0);
-        u64::try_from(head)
-            .map(Position)
-            .map_err(|_| corrupt("position", head))
-    }
-
-    /// The safe bound: every position below it is final. Waits (up to [`MAX_VISIBILITY_WAIT`])
-    /// until it passes every position committed when the call began.
-    async fn bound(&self) -> Result<u64, StoreError> {
-        let client = self.client().await?;
-        let committed = client
-            .prepare_cached(&self.shared.sql.committed)
-            .await
-            .map_err(pg_error)?;
-        let bound = client
-            .prepare_cached(self.shared.sql.bound)
-            .await
-            .map_err(pg_error)?;
-        let target: i64 = client
-            .query_one(&committed, &[])
-            .await
-            .map_err(pg_error)?
-            .get(0);
-        let started = std::time::Instant::now();
-        let mut pause = Duration::from_micros(500);
-        loop {
-            let value: i64 = client
-                .query_one(&bound, &[])
-                .await
-                .map_err(pg_error)?
-                .get(0);
-            if value > target || started.elapsed() >= MAX_VISIBILITY_WAIT {
-                return u64::try_from(value).map_err(|_| corrupt("snapshot bound", value));
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(20));
-        }
-    }
-
-    /// The position a filtered page's scan stops at (`sql` returns at most one position), if
-    /// the log reaches that far.
-    async fn scan_window(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Option<i64>, StoreError> {
-        let client = self.client().await?;
-        let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
-        Ok(client
-            .query_opt(&statement, params)
-            .await
-            .map_err(pg_error)?
-            .map(|r| r.get(0)))
-    }
-
-    /// At most `max` events accepted by `filter` with positions from `low` to `high`
-    /// (inclusive), in `direction`.
-    async fn range(
-        &self,
-        low: i64,
-        high: i64,
-        direction: Direction,
-        filter: &EventFilter,
-        max: usize,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let max = to_i64(max as u64);
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&low, &high, &max];
-        if !filter.categories.is_empty() {
-            params.push(&filter.categories);
-        }
-        if !filter.event_types.is_empty() {
-            params.push(&filter.event_types);
-        }
-        let order = match direction {
-            Direction::Forward => "",
-            Direction::Backward => " DESC",
-        };
-        if filter.is_all() {
-            // One bound in SQL, the other applied here. With both, a table whose statistics
-            // are stale (say, right after a bulk load, before autovacuum analyzed it) gets a
-            // bitmap scan of the whole range and a sort: hundreds of milliseconds per page
-            // instead of an ordered index scan that stops after `max` rows. Rows past the far
-            // bound are at most `max`, and dropped.
-            let (condition, param): (&str, &(dyn tokio_postgres::types::ToSql + Sync)) =
-                match direction {
-                    Direction::Forward => ("position >= $1", &low),
-                    // Fences have negative positions: not events.
-                    Direction::Backward => ("position <= $1 AND position > 0", &high),
-                };
-            let sql = format!(
-                "{} WHERE {condition} ORDER BY position{order} LIMIT $2",
-                self.shared.sql.select
-            );
-            let mut events = self.query(&sql, &[param, &max]).await?;
-            let keep = events
-                .iter()
-                .position(|e| {
-                    let p = to_i64(e.position.get());
-                    p < low || p > high
-                })
-                .unwrap_or(events.len());
-            events.truncate(keep);
-            return Ok(events);
-        }
-        let sql = format!(
-            "{} WHERE position >= $1 AND position <= $2{} ORDER BY position{order} LIMIT $3",
-            self.shared.sql.select,
-            Self::filter_sql(filter, 4)
-        );
-        self.query(&sql, &params).await
-    }
-
-    /// The filter's conditions, with parameters numbered from `next`.
-    fn filter_sql(filter: &EventFilter, next: usize) -> String {
-        let mut sql = String::new();
-        let mut n = next;
-        if !filter.categories.is_empty() {
-            sql.push_str(&format!(" AND split_part(stream_id, '-', 1) = ANY(${n})"));
-            n += 1;
-        }
-        if !filter.event_types.is_empty() {
-            sql.push_str(&format!(" AND event_type = ANY(${n})"));
-        }
-        sql
-    }
-}
-
-fn classify_error(e: tokio_postgres::Error) -> CallError {
-    if let Some(db) = e.as_db_error() {
-        if db.code().code() == "SR001" {
-            let detail = db.detail().unwrap_or_default();
-            let parsed = detail
-                .split_once(':')
-                .and_then(|(i, v)| Some((i.parse::<usize>().ok()?, v.parse::<u64>().ok()?)));
-            if let Some((i, actual)) = parsed {
-                return CallError::Conflict {
-                    index: i.saturating_sub(1),
-                    actual,
-                };
-            }
-        }
-        if db.code().code() == "SR002"
-            && let Some(Ok(i)) = db.detail().map(str::parse::<usize>)
-        {
-            return CallError::Tombstoned {
-                index: i.saturating_sub(1),
-            };
-        }
-        // The plain-SQL path's position overflows past the position range (see `Sql`).
-        if db.code() == &tokio_postgres::error::SqlState::NUMERIC_VALUE_OUT_OF_RANGE {
-            return CallError::Recheck;
-        }
-        // A revision taken by a concurrent append, or a fence: decide again.
-        if db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION
-            && db.constraint() == Some("events_stream_revision")
-        {
-            return CallError::Raced;
-        }
-        if db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION
-            && db.constraint() == Some("events_event_id")
-        {
-            return CallError::DuplicateId;
-        }
-    }
-    CallError::Store(pg_error(e))
-}
-
-/// Sends one payload-free notification per burst of appends, on a connection of its own and
-/// outside the appends' transactions (a notifying transaction serializes commits).
-async fn notify(
-    connector: Connector,
-    config: tokio_postgres::Config,
-    channel: String,
-    announce: Arc<tokio::sync::Notify>,
-) {
-    // A notification is only a wake-up (readers poll by position), so its commit need not
-    // wait for the WAL to reach disk: a synced commit here would compete with the appends'
-    // own commits for every flush.
-    let sql = format!("NOTIFY {channel}");
-    loop {
-        let Ok(driven) = connector.connect(&config, None).await else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
-        if driven
-            .client
-            .batch_execute("SET synchronous_commit = off")
-            .await
-            .is_err()
-        {
-            driven.driver.abort();
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        }
-        loop {
-            announce.notified().await;
-            if driven.client.batch_execute(&sql).await.is_err() {
-                break;
-            }
-            // Appends during this pause share the next notification.
-            tokio::time::sleep(NOTIFY_COALESCE).await;
-        }
-        driven.driver.abort();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// Keeps a `LISTEN` connection open and bumps `wake` on every notification (and on every
-/// reconnect, since notifications may have been missed meanwhile).
-async fn listen(
-    connector: Connector,
-    config: tokio_postgres::Config,
-    channel: String,
-    wake: Arc<watch::Sender<u64>>,
-) {
-    loop {
-        if let Ok(mut driven) = connector.connect(&config, Some(wake.clone())).await {
-            if driven
-                .client
-                .batch_execute(&format!("LISTEN {channel}"))
-                .await
-                .is_ok()
-            {
-                wake.send_modify(|n| *n = n.wrapping_add(1));
-                let _ = (&mut driven.ended).await;
-            }
-            driven.driver.abort();
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 }
 
 impl EventStore for PostgresStore {
@@ -1625,7 +362,8 @@ impl EventStore for PostgresStore {
             transactional_projections: true,
             // A session advisory lock per projection name.
             cross_process_locking: true,
-            cross_process_notifications: false,
+            // A projection commit notifies in its transaction; listeners pass it on.
+            cross_process_notifications: true,
             import_with_timestamps: true,
         }
     }
@@ -1635,8 +373,10 @@ impl EventStore for PostgresStore {
         let client = self.client().await?;
         // Only committed appends are remembered (an append in a caller's transaction may
         // still roll back), and a failed one forgets its streams.
-        let outcome = self.append_on(&client, &writes, Guard::None).await;
-        self.remember(&writes, outcome.as_ref().ok());
+        let outcome = self
+            .append_with_fallbacks(&client, &writes, AppendContext::Autocommit)
+            .await;
+        self.remember_versions(&writes, outcome.as_ref().ok());
         let result = outcome?;
         self.announce();
         Ok(result)
@@ -1650,7 +390,7 @@ impl EventStore for PostgresStore {
     async fn stream_info(&self, stream: &StreamId) -> Result<Option<StreamInfo>, StoreError> {
         let client = self.client().await?;
         let statement = client
-            .prepare_cached(&self.shared.sql.version)
+            .prepare_cached(&self.shared.sql.stream_info)
             .await
             .map_err(pg_error)?;
         let row = client
@@ -1659,7 +399,7 @@ impl EventStore for PostgresStore {
             .map_err(pg_error)?;
         match row {
             None => Ok(None),
-            Some(row) => decode_info(&row),
+            Some(row) => decode_stream_info(&row),
         }
     }
 
@@ -1694,10 +434,10 @@ impl EventStore for PostgresStore {
         }
         // After the lock and the fence: this sees every append and change before them.
         let row = tx
-            .query_one(&sql.version, &[&stream.as_str()])
+            .query_one(&sql.stream_info, &[&stream.as_str()])
             .await
             .map_err(pg_error)?;
-        let current = decode_info(&row)?;
+        let current = decode_stream_info(&row)?;
         let Some(changed) = decide_change(stream, current, change)? else {
             // Rolling back drops a row created only to be locked.
             return Ok(current);
@@ -1718,27 +458,14 @@ impl EventStore for PostgresStore {
     }
 
     async fn event_by_id(&self, id: EventId) -> Result<Option<RecordedEvent>, StoreError> {
-        let events = self.query(&self.shared.sql.by_id, &[id.as_uuid()]).await?;
+        let events = self
+            .query_events(&self.shared.sql.event_by_id, &[id.as_uuid()])
+            .await?;
         Ok(events.into_iter().next())
     }
 
     async fn head_position(&self) -> Result<Position, StoreError> {
-        // The same settled bound as log reads: the head covers what was committed before the
-        // call (read-your-writes), and nothing below it can still appear.
-        let bound = to_i64(self.bound().await?);
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&self.shared.sql.head_below)
-            .await
-            .map_err(pg_error)?;
-        let head: i64 = client
-            .query_one(&statement, &[&bound])
-            .await
-            .map_err(pg_error)?
-            .get(0);
-        u64::try_from(head)
-            .map(Position)
-            .map_err(|_| corrupt("position", head))
+        self.settled_head().await
     }
 
     async fn read_stream_page(
@@ -1748,24 +475,7 @@ impl EventStore for PostgresStore {
         direction: Direction,
         max: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let max = to_i64(max as u64);
-        let (sql, from) = match direction {
-            // No stream reaches revision 2^63 - max: the clamp keeps `from + max` in range.
-            Direction::Forward => (
-                &self.shared.sql.stream_forward,
-                to_i64(from).min(i64::MAX - max),
-            ),
-            Direction::Backward => (&self.shared.sql.stream_backward, to_i64(from)),
-        };
-        let events = self.query(sql, &[&stream.as_str(), &from, &max]).await?;
-        if events.is_empty() {
-            // A tombstoned stream reads as an error, not as empty.
-            sirenia_core::lifecycle::readable_from(
-                stream,
-                self.stream_info(stream).await?.as_ref(),
-            )?;
-        }
-        Ok(events)
+        self.stream_page(stream, from, direction, max).await
     }
 
     async fn read_all_page(
@@ -1775,80 +485,7 @@ impl EventStore for PostgresStore {
         filter: &EventFilter,
         max: usize,
     ) -> Result<AllPage, StoreError> {
-        // Everything below the bound is final: no event can appear there later.
-        let bound = self.bound().await?;
-        let s = schema::quote(&self.shared.schema);
-        let scan = MAX_SCAN_PER_PAGE as i64 - 1;
-        match direction {
-            Direction::Forward => {
-                let start = from.get().max(1);
-                if start >= bound {
-                    return Ok(AllPage {
-                        events: Vec::new(),
-                        next: Position(start),
-                        at_end: true,
-                    });
-                }
-                // The last position this page may examine: a bounded scan, also when filtered.
-                let window_end: Option<i64> = if filter.is_all() {
-                    None
-                } else {
-                    let sql = format!(
-                        "SELECT position FROM {s}.events WHERE position >= $1 AND position < $2 \
-                         ORDER BY position OFFSET $3 LIMIT 1"
-                    );
-                    self.scan_window(&sql, &[&to_i64(start), &to_i64(bound), &scan])
-                        .await?
-                };
-                let last = window_end.unwrap_or(to_i64(bound) - 1);
-                let events = self
-                    .range(to_i64(start), last, Direction::Forward, filter, max)
-                    .await?;
-                let full = events.len() == max;
-                let next = match events.last() {
-                    Some(e) if full => e.position.get() + 1,
-                    _ => u64::try_from(last).unwrap_or(0) + 1,
-                };
-                Ok(AllPage {
-                    events,
-                    next: Position(next),
-                    at_end: !full && next >= bound,
-                })
-            }
-            Direction::Backward => {
-                let top = from.get().min(bound.saturating_sub(1));
-                if from == Position::START || top == 0 {
-                    return Ok(AllPage {
-                        events: Vec::new(),
-                        next: Position::START,
-                        at_end: true,
-                    });
-                }
-                let window_low: Option<i64> = if filter.is_all() {
-                    None
-                } else {
-                    let sql = format!(
-                        "SELECT position FROM {s}.events WHERE position <= $1 AND position > 0 \
-                         ORDER BY position DESC OFFSET $2 LIMIT 1"
-                    );
-                    self.scan_window(&sql, &[&to_i64(top), &scan]).await?
-                };
-                let low = window_low.unwrap_or(1);
-                let events = self
-                    .range(low, to_i64(top), Direction::Backward, filter, max)
-                    .await?;
-                let full = events.len() == max;
-                let next = match events.last() {
-                    Some(e) if full => e.position.get() - 1,
-                    _ => u64::try_from(low).unwrap_or(1).saturating_sub(1),
-                };
-                Ok(AllPage {
-                    events,
-                    next: Position(next),
-                    at_end: next == 0,
-                })
-            }
-        }
+        self.log_page(from, direction, filter, max).await
     }
 
     async fn wait_for_events(&self, from: Position) -> Result<(), StoreError> {
@@ -1857,7 +494,7 @@ impl EventStore for PostgresStore {
         // every wake-up since the store connected as new, and never wait.
         let mut wake = self.shared.wake.clone();
         wake.borrow_and_update();
-        if self.safe_head().await? >= from {
+        if self.head_without_waiting().await? >= from {
             return Ok(());
         }
         tokio::select! {
@@ -1865,52 +502,5 @@ impl EventStore for PostgresStore {
             _ = tokio::time::sleep(self.shared.poll_interval) => {}
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The check refuses exactly what a parse into a `Value` refuses, so that a payload goes to
-    /// `jsonb` or to `bytea` as it did when the check built the value.
-    #[test]
-    fn the_payload_check_agrees_with_a_full_parse() {
-        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
-        let cases = [
-            r#"{"account":"acc-1","amount":1250,"note":"x"}"#.to_owned(),
-            r#"{"a":[1,-2,3.5e10,true,false,null,{"b":"\n\"\u00e9\ud83d\ude00"}]}"#.to_owned(),
-            r#""\ud800""#.to_owned(),
-            r#""\udc00 alone""#.to_owned(),
-            r#"{"\ud800":1}"#.to_owned(),
-            r#""\x""#.to_owned(),
-            "1e400".to_owned(),
-            "-1e400".to_owned(),
-            "18446744073709551616".to_owned(),
-            "1.5".to_owned(),
-            r#"{"a":1,"a":2}"#.to_owned(),
-            r#"{"a":1} trailing"#.to_owned(),
-            r#"{"a":1,}"#.to_owned(),
-            "[1,2".to_owned(),
-            "".to_owned(),
-            "nul".to_owned(),
-            "\"tab\there\"".to_owned(),
-            deep(100),
-            deep(127),
-            deep(128),
-            deep(129),
-            deep(1000),
-        ];
-        for text in &cases {
-            assert_eq!(
-                serde_json::from_str::<Parsed>(text).is_ok(),
-                serde_json::from_str::<serde_json::Value>(text).is_ok(),
-                "{text:.60}"
-            );
-        }
-        assert!(storable_json(JSON_CONTENT_TYPE, br#"{"a":1}"#).is_some());
-        assert!(storable_json(JSON_CONTENT_TYPE, br#""\ud800""#).is_none());
-        assert!(storable_json(JSON_CONTENT_TYPE, br#""\u0000""#).is_none());
-        assert!(storable_json("application/octet-stream", br#"{"a":1}"#).is_none());
     }
 }

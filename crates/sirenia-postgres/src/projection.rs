@@ -68,6 +68,7 @@ struct Sql {
     clear_documents: String,
     document: String,
     documents: String,
+    notify: String,
 }
 
 impl Sql {
@@ -122,6 +123,8 @@ impl Sql {
                 "SELECT id, body::text FROM {s}.documents WHERE collection = $1 AND id > $2
                  ORDER BY id LIMIT $3"
             ),
+            // The store's wake-up channel (schema names are `[a-z0-9_]`).
+            notify: format!("NOTIFY sirenia_{schema}"),
         }
     }
 }
@@ -478,6 +481,10 @@ impl<P: PostgresProjection> ProjectionBackend for PostgresBackend<P> {
         }
         for change in &work.bookkeeping {
             bookkeeping(&tx, &self.sql, name, change).await?;
+        }
+        if !work.bookkeeping.is_empty() {
+            // Delivered at commit: other processes' checkpoint waits wake.
+            tx.batch_execute(&self.sql.notify).await.map_err(pg_error)?;
         }
         tx.commit().await.map_err(pg_error)?;
         if !work.bookkeeping.is_empty() {

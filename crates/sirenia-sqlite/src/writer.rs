@@ -1,10 +1,17 @@
 //! The single writer: group commit.
 //!
-//! One thread owns the write connection. It takes every append queued at the moment, runs them
-//! in one transaction — each in its own savepoint, so one caller's conflict fails only that
-//! caller — commits once (one sync), and only then answers each caller. Any SQLite error other
-//! than a caller's own rejection disables writes until the store is reopened: nothing is
-//! acknowledged that was not committed and synced.
+//! One thread owns the write connection. It takes every append queued (waiting up to
+//! `GROUP_LINGER` for the rest of a group when fewer are queued than the last group held; at
+//! most `MAX_GROUP_APPENDS` appends and `MAX_GROUP_EVENTS` events), runs them in one
+//! transaction, commits once (one sync), and only then answers each caller. There are no
+//! savepoints: each append is decided before any of its events is inserted, so a refusal fails
+//! only that caller and leaves nothing behind. An append is first decided on its expectations
+//! alone, relying on the unique index to catch a stored event id; when an expectation fails
+//! (nothing inserted yet) or the index catches an id (the rows that append inserted, the newest
+//! of the open transaction, are deleted), it is decided again with every id looked up first (a
+//! repeat, a reuse or a conflict, as the port says). Any SQLite error other than a caller's own
+//! rejection rolls the group back, answers every caller in it with an error and disables writes
+//! until the store is reopened: nothing is acknowledged that was not committed and synced.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
