@@ -174,7 +174,9 @@ pub struct Plan<A: Aggregate> {
     /// Correlation id and expected version; the runner adds the command id (with a key) or a
     /// causation id.
     pub context: CommandContext,
-    /// The answer once the command took effect.
+    /// The answer once the command took effect. A `position` field in its body is the
+    /// position of the command's last event (under a key, stored as `null` and filled in
+    /// when it is sent or replayed).
     pub answer: fn(&Done<'_, A>) -> Outcome,
 }
 

@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex};
 use serde_json::json;
 use sirenia::store::Direction;
 use sirenia::{
-    AllPage, AppendResult, EventFilter, EventId, EventStore, InMemoryStore, Position,
-    RecordedEvent, Repository, StoreError, StreamChange, StreamId, StreamInfo, StreamWrite,
+    AllPage, AppendResult, CommandContext, EventFilter, EventId, EventStore, InMemoryStore,
+    Position, RecordedEvent, Repository, StoreError, StreamChange, StreamId, StreamInfo,
+    StreamWrite,
 };
 
-use crate::account::Requested;
+use crate::account::{AccountCommand, Requested};
 use crate::operation::{Commands, Operation, Post};
 
 /// A store that records the name of every port call it passes on.
@@ -139,7 +140,7 @@ fn deposit(account: uuid::Uuid, amount: u64, key: Option<&str>) -> Post {
 }
 
 #[tokio::test]
-async fn a_keyed_deposit_makes_three_reads_and_two_appends() {
+async fn a_keyed_deposit_makes_two_reads_and_one_append() {
     let (commands, store) = commands();
     let opened = commands
         .submit(Post {
@@ -162,7 +163,8 @@ async fn a_keyed_deposit_makes_three_reads_and_two_appends() {
         .unwrap();
     assert_eq!(first.outcome.status, 200);
     let calls = store.take();
-    assert_eq!(split(&calls), (3, 2), "{calls:?}");
+    // The key's stream and the account's stream; the events and the answer in one append.
+    assert_eq!(split(&calls), (2, 1), "{calls:?}");
 
     let again = commands
         .submit(deposit(account, 5, Some("k")))
@@ -171,9 +173,105 @@ async fn a_keyed_deposit_makes_three_reads_and_two_appends() {
     assert!(again.replayed);
     assert_eq!(again.outcome, first.outcome);
     let calls = store.take();
-    assert_eq!(split(&calls), (1, 0), "replay: {calls:?}");
+    // The answer, and the position of the event it reports.
+    assert_eq!(split(&calls), (2, 0), "replay: {calls:?}");
 
     commands.submit(deposit(account, 5, None)).await.unwrap();
     let calls = store.take();
     assert_eq!(split(&calls), (1, 1), "without a key: {calls:?}");
+}
+
+/// A keyed deposit whose events were stored without an answer (as a crash between the two
+/// appends of an earlier version could leave them) answers as it did then and appends no
+/// second deposit.
+#[tokio::test]
+async fn a_keyed_deposit_stored_without_its_answer_is_not_run_again() {
+    let (commands, store) = commands();
+    let account = uuid::Uuid::now_v7();
+    let id = account.to_string();
+    let accounts = commands.accounts();
+    accounts
+        .execute(
+            &id,
+            AccountCommand::Open {
+                owner: "Ada".to_owned(),
+            },
+        )
+        .await
+        .unwrap();
+    let context = CommandContext::new().command_id(crate::idempotency::command_id("k"));
+    let first = accounts
+        .execute_with(&id, AccountCommand::Deposit { amount: 5 }, &context)
+        .await
+        .unwrap();
+    store.take();
+
+    let answer = commands
+        .submit(deposit(account, 5, Some("k")))
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome.status, 200, "{:?}", answer.outcome);
+    assert_eq!(answer.outcome.body["version"], json!(first.version));
+    assert_eq!(
+        answer.outcome.body["position"],
+        json!(first.last_position.map(|p| p.0))
+    );
+    assert_eq!(answer.outcome.body["balance"], json!(5));
+    assert_eq!(accounts.load(&id).await.unwrap().version, 2);
+
+    let again = commands
+        .submit(deposit(account, 5, Some("k")))
+        .await
+        .unwrap();
+    assert_eq!((again.outcome, again.replayed), (answer.outcome, true));
+}
+
+/// Requests with one key racing each other and requests without a key on the same account:
+/// the keyed deposit takes effect once, every request with the key gets the same answer, and
+/// no other deposit is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_requests_with_one_key_take_effect_once() {
+    for _ in 0..20 {
+        let store = InMemoryStore::new();
+        let commands = Arc::new(Commands::new(
+            Arc::new(Repository::new(store.clone()).with_max_retries(20).unwrap()),
+            Arc::new(Repository::new(store.clone())),
+        ));
+        let account = uuid::Uuid::now_v7();
+        let id = account.to_string();
+        commands
+            .accounts()
+            .execute(
+                &id,
+                AccountCommand::Open {
+                    owner: "Ada".to_owned(),
+                },
+            )
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let commands = commands.clone();
+            let key = (i % 2 == 0).then_some("k");
+            let amount = if key.is_some() { 5 } else { 1 };
+            tasks.push(tokio::spawn(async move {
+                let answer = commands
+                    .submit(deposit(account, amount, key))
+                    .await
+                    .unwrap();
+                (key.is_some(), answer.outcome)
+            }));
+        }
+        let mut keyed = Vec::new();
+        for task in tasks {
+            let (with_key, outcome) = task.await.unwrap();
+            assert_eq!(outcome.status, 200, "{outcome:?}");
+            if with_key {
+                keyed.push(outcome);
+            }
+        }
+        assert!(keyed.windows(2).all(|w| w[0] == w[1]), "{keyed:?}");
+        let loaded = commands.accounts().load(&id).await.unwrap();
+        assert_eq!((loaded.state.balance, loaded.version), (5 + 8, 1 + 1 + 8));
+    }
 }
