@@ -1,13 +1,48 @@
 //! The bank account aggregate: open, deposit, withdraw, close. No overdraft; nothing happens
 //! to a closed account; amounts are positive integers in minor units (cents).
+//!
+//! Every account rule lives here, once: callers that want to refuse a bad amount before
+//! loading anything (the HTTP service does, and so does a transfer request) ask
+//! [`Requested::check`] or [`check_amount`], the same rule `handle` applies.
 
 use serde::{Deserialize, Serialize};
 use sirenia::{Aggregate, DomainEvent};
 
 /// The largest amount one deposit or withdrawal may move, in minor units.
 pub const MAX_AMOUNT: u64 = 1_000_000_000_000;
+/// The largest balance an account may hold, in minor units (2^63 - 1): whoever keeps balances
+/// elsewhere (a read model, a report) can rely on this bound.
+pub const MAX_BALANCE: u64 = (1 << 63) - 1;
 /// The longest owner name, in characters.
 pub const MAX_OWNER_CHARS: usize = 100;
+
+/// An amount as a request states it, before the amount rule is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requested {
+    /// A whole number of minor units from 0 to `u64::MAX`.
+    Units(u64),
+    /// A whole number that is not one of those: negative, beyond `u64::MAX`, or written as a
+    /// decimal (`5.0`, `1e3`). No amount is.
+    Outside,
+}
+
+impl Requested {
+    /// The amount, if it obeys the rule (see [`check_amount`]).
+    pub fn check(self) -> Result<u64, AccountError> {
+        match self {
+            Requested::Units(amount) => check_amount(amount),
+            Requested::Outside => Err(AccountError::AmountOutside),
+        }
+    }
+}
+
+/// The amount rule: one deposit or withdrawal moves 1 to [`MAX_AMOUNT`] minor units.
+pub fn check_amount(amount: u64) -> Result<u64, AccountError> {
+    if amount == 0 || amount > MAX_AMOUNT {
+        return Err(AccountError::InvalidAmount { amount });
+    }
+    Ok(amount)
+}
 
 /// Where an account is in its life.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,17 +145,21 @@ pub enum AccountError {
         balance: u64,
     },
     /// An amount is zero or above [`MAX_AMOUNT`].
-    #[error("amount {amount} is not between 1 and {MAX_AMOUNT}")]
+    #[error("amount must be an integer from 1 to {MAX_AMOUNT}")]
     InvalidAmount {
         /// The amount given.
         amount: u64,
     },
+    /// A requested amount is not a whole number of minor units from 0 to `u64::MAX`
+    /// ([`Requested::Outside`]).
+    #[error("amount must be an integer from 1 to {MAX_AMOUNT}")]
+    AmountOutside,
     /// The owner's name is blank, too long or has control characters.
     #[error(
         "owner must be 1 to {MAX_OWNER_CHARS} characters, not blank, without control characters"
     )]
     InvalidOwner,
-    /// The balance would overflow.
+    /// The balance would exceed [`MAX_BALANCE`].
     #[error("the balance would exceed the largest representable amount")]
     BalanceOverflow,
 }
@@ -134,18 +173,11 @@ impl AccountError {
             AccountError::Closed => "account_closed",
             AccountError::InsufficientFunds { .. } => "insufficient_funds",
             AccountError::BalanceNotZero { .. } => "balance_not_zero",
-            AccountError::InvalidAmount { .. } => "invalid_amount",
+            AccountError::InvalidAmount { .. } | AccountError::AmountOutside => "invalid_amount",
             AccountError::InvalidOwner => "invalid_owner",
             AccountError::BalanceOverflow => "balance_overflow",
         }
     }
-}
-
-fn check_amount(amount: u64) -> Result<(), AccountError> {
-    if amount == 0 || amount > MAX_AMOUNT {
-        return Err(AccountError::InvalidAmount { amount });
-    }
-    Ok(())
 }
 
 fn check_owner(owner: &str) -> Result<(), AccountError> {
@@ -198,19 +230,20 @@ impl Aggregate for Account {
                 check_owner(&owner)?;
                 Ok(vec![AccountEvent::Opened { owner }])
             }
+            // The amount is checked first: a request for an impossible amount is wrong
+            // whatever the account (as a caller checking it before loading would find).
             AccountCommand::Deposit { amount } => {
-                self.require_open()?;
                 check_amount(amount)?;
-                // The read model keeps balances as signed 64-bit integers.
+                self.require_open()?;
                 self.balance
                     .checked_add(amount)
-                    .filter(|b| i64::try_from(*b).is_ok())
+                    .filter(|b| *b <= MAX_BALANCE)
                     .ok_or(AccountError::BalanceOverflow)?;
                 Ok(vec![AccountEvent::Deposited { amount }])
             }
             AccountCommand::Withdraw { amount } => {
-                self.require_open()?;
                 check_amount(amount)?;
+                self.require_open()?;
                 if amount > self.balance {
                     return Err(AccountError::InsufficientFunds {
                         balance: self.balance,

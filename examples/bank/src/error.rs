@@ -8,6 +8,7 @@ use sirenia::{CommandError, LoadError, StoreError};
 
 use crate::account::AccountError;
 use crate::outcome::Outcome;
+use crate::transfer::TransferError;
 
 /// An error answer.
 #[derive(Clone, Debug)]
@@ -49,6 +50,25 @@ impl ApiError {
             StatusCode::NOT_FOUND,
             "account_not_found",
             "no such account",
+        )
+    }
+
+    /// The answer for a status the framework chose itself (its 404, 405, a rejected path, a
+    /// panic's 500): a generic code for the status and its reason phrase as the message.
+    pub fn from_status(status: StatusCode) -> Self {
+        let code = match status {
+            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            s if s.is_server_error() => "internal",
+            _ => "request_failed",
+        };
+        Self::new(
+            status,
+            code,
+            status.canonical_reason().unwrap_or("request failed"),
         )
     }
 
@@ -126,11 +146,28 @@ pub fn load_error(e: &LoadError) -> ApiError {
     }
 }
 
+/// An account rule refused something: 404 for a missing account, 422 with the rule's code
+/// otherwise.
+pub fn account_rule(rule: &AccountError) -> ApiError {
+    match rule {
+        AccountError::NotFound => ApiError::account_not_found(),
+        rule => ApiError::unprocessable(rule.code(), rule.to_string()),
+    }
+}
+
+/// A failed transfer command.
+pub fn transfer_error(e: &CommandError<TransferError>) -> ApiError {
+    match e {
+        CommandError::Rejected(rule) => ApiError::unprocessable(rule.code(), rule.to_string()),
+        CommandError::Store(e) => store_error(e),
+        other => ApiError::internal(other),
+    }
+}
+
 /// A failed account command.
 pub fn command_error(e: &CommandError<AccountError>) -> ApiError {
     match e {
-        CommandError::Rejected(AccountError::NotFound) => ApiError::account_not_found(),
-        CommandError::Rejected(rule) => ApiError::unprocessable(rule.code(), rule.to_string()),
+        CommandError::Rejected(rule) => account_rule(rule),
         CommandError::Conflict {
             expected,
             actual: None,

@@ -20,12 +20,19 @@
 
 pub mod account;
 pub mod error;
+pub mod extract;
 pub mod http;
 pub mod idempotency;
 pub mod observe;
+pub mod operation;
 pub mod outcome;
 pub mod read_model;
+#[cfg(test)]
+mod roundtrips;
 pub mod transfer;
+
+// The accounts read model keeps balances in signed 64-bit columns: every balance must fit.
+const _: () = assert!(account::MAX_BALANCE <= i64::MAX as u64);
 
 pub use http::{App, router};
 

@@ -1,7 +1,7 @@
 //! [`Outcome`]: an answer to a POST as data, so an `Idempotency-Key` can store it and replay it
-//! exactly.
+//! exactly; [`Answer`]: an outcome as sent, marked when it is a replay.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -42,6 +42,32 @@ impl IntoResponse for Outcome {
             && let Ok(value) = HeaderValue::from_str(&location)
         {
             response.headers_mut().insert(header::LOCATION, value);
+        }
+        response
+    }
+}
+
+/// Set on an answer replayed for a repeated `Idempotency-Key`.
+pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// The answer to a POST: its outcome, and whether it is the stored answer of an earlier request
+/// with the same `Idempotency-Key` (then sent with `Idempotent-Replayed: true`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// Whether it is replayed.
+    pub replayed: bool,
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let mut response = self.outcome.into_response();
+        if self.replayed {
+            response.headers_mut().insert(
+                IDEMPOTENT_REPLAYED.clone(),
+                HeaderValue::from_static("true"),
+            );
         }
         response
     }

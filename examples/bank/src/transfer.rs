@@ -129,8 +129,8 @@ pub enum TransferError {
     /// From and to are the same account.
     #[error("a transfer needs two different accounts")]
     SameAccount,
-    /// The amount is out of range.
-    #[error("amount {0} is not between 1 and {max}", max = crate::account::MAX_AMOUNT)]
+    /// The amount breaks the accounts' amount rule ([`crate::account::check_amount`]).
+    #[error("amount must be an integer from 1 to {max}", max = crate::account::MAX_AMOUNT)]
     InvalidAmount(u64),
 }
 
@@ -203,9 +203,8 @@ impl Aggregate for Transfer {
                 if from == to {
                     return Err(TransferError::SameAccount);
                 }
-                if amount == 0 || amount > crate::account::MAX_AMOUNT {
-                    return Err(TransferError::InvalidAmount(amount));
-                }
+                crate::account::check_amount(amount)
+                    .map_err(|_| TransferError::InvalidAmount(amount))?;
                 TransferEvent::Requested { from, to, amount }
             }
             (TransferCommand::Request { .. }, _) => return Err(TransferError::AlreadyExists),
