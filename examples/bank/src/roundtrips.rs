@@ -10,8 +10,8 @@ use serde_json::json;
 use sirenia::store::Direction;
 use sirenia::{
     AllPage, AppendResult, CommandContext, EventFilter, EventId, EventStore, InMemoryStore,
-    Position, RecordedEvent, Repository, StoreError, StreamChange, StreamId, StreamInfo,
-    StreamWrite,
+    Position, RecordedEvent, Repository, StoreError, StoreWrapper, StreamChange, StreamId,
+    StreamInfo, StreamWrite,
 };
 
 use crate::account::{AccountCommand, Requested};
@@ -42,23 +42,29 @@ impl<S> Counting<S> {
     }
 }
 
-impl<S: EventStore> EventStore for Counting<S> {
-    async fn append(&self, writes: Vec<StreamWrite>) -> Result<AppendResult, StoreError> {
+impl<S: EventStore> StoreWrapper for Counting<S> {
+    type Inner = S;
+
+    fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    async fn wrap_append(&self, writes: Vec<StreamWrite>) -> Result<AppendResult, StoreError> {
         self.note("append");
         self.inner.append(writes).await
     }
 
-    async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
+    async fn wrap_stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
         self.note("stream_version");
         self.inner.stream_version(stream).await
     }
 
-    async fn stream_info(&self, stream: &StreamId) -> Result<Option<StreamInfo>, StoreError> {
+    async fn wrap_stream_info(&self, stream: &StreamId) -> Result<Option<StreamInfo>, StoreError> {
         self.note("stream_info");
         self.inner.stream_info(stream).await
     }
 
-    async fn change_stream(
+    async fn wrap_change_stream(
         &self,
         stream: &StreamId,
         change: StreamChange,
@@ -67,17 +73,17 @@ impl<S: EventStore> EventStore for Counting<S> {
         self.inner.change_stream(stream, change).await
     }
 
-    async fn event_by_id(&self, id: EventId) -> Result<Option<RecordedEvent>, StoreError> {
+    async fn wrap_event_by_id(&self, id: EventId) -> Result<Option<RecordedEvent>, StoreError> {
         self.note("event_by_id");
         self.inner.event_by_id(id).await
     }
 
-    async fn head_position(&self) -> Result<Position, StoreError> {
+    async fn wrap_head_position(&self) -> Result<Position, StoreError> {
         self.note("head_position");
         self.inner.head_position().await
     }
 
-    async fn read_stream_page(
+    async fn wrap_read_stream_page(
         &self,
         stream: &StreamId,
         from: u64,
@@ -90,7 +96,7 @@ impl<S: EventStore> EventStore for Counting<S> {
             .await
     }
 
-    async fn read_all_page(
+    async fn wrap_read_all_page(
         &self,
         from: Position,
         direction: Direction,
@@ -101,13 +107,9 @@ impl<S: EventStore> EventStore for Counting<S> {
         self.inner.read_all_page(from, direction, filter, max).await
     }
 
-    async fn wait_for_events(&self, from: Position) -> Result<(), StoreError> {
+    async fn wrap_wait_for_events(&self, from: Position) -> Result<(), StoreError> {
         self.note("wait_for_events");
         self.inner.wait_for_events(from).await
-    }
-
-    fn dense_positions(&self) -> bool {
-        self.inner.dense_positions()
     }
 }
 
