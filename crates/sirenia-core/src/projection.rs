@@ -465,7 +465,7 @@ impl<S: EventStore, T: ProjectionTarget> Projector<S, T> {
     /// Blue/green: runs this projector — typically a new version of a read model, writing
     /// tables of its own beside the old version's — until it has caught up with the head, then
     /// awaits `promote` (which records that readers should use this version from now on, such
-    /// as `SqliteStore::set_active_version`), then follows the log live until `shutdown`.
+    /// as `StoreAdmin::set_active_version`), then follows the log live until `shutdown`.
     /// Readers keep using the old version until the switch, so they never see a half-built
     /// model.
     pub async fn run_blue_green<F>(

@@ -2,7 +2,7 @@
 //! store's database commit the handler's writes (its own tables through
 //! [`PostgresProjection`], documents) in the same transaction that moves the checkpoint, so a
 //! crash at any point neither loses nor repeats an effect. The target itself is core's
-//! [`TransactionalTarget`](sirenia_core::transactional::TransactionalTarget).
+//! [`TransactionalTarget`].
 //!
 //! Checkpoints live in `<schema>.projections`, parked events in `<schema>.parked_events`,
 //! documents in `<schema>.documents`. One instance of a projection name runs at a time across
@@ -272,7 +272,7 @@ pub type PostgresTarget<P> = TransactionalTarget<PostgresBackend<P>>;
 
 /// Checkpoints in the store's database for
 /// [`AtLeastOnce`](sirenia_core::projection::AtLeastOnce) projections into sinks elsewhere:
-/// see [`PostgresStore::checkpoints`](sirenia_core::StoreAdmin::checkpoints).
+/// see [`StoreAdmin::checkpoints`](sirenia_core::StoreAdmin::checkpoints).
 pub type PostgresCheckpoints = BackendCheckpoints<PostgresBackend<()>>;
 
 /// The PostgreSQL store's [`ProjectionBackend`], running handler `P` (`()` for none) in its

@@ -6,7 +6,7 @@ use sirenia_core::{StoreError, StreamId, Timestamp};
 use crate::schema::quote;
 use crate::{PostgresStore, pg_error, to_i64};
 
-/// Snapshots kept in the PostgreSQL schema: see [`PostgresStore::snapshots`].
+/// Snapshots kept in the PostgreSQL schema: see [`StoreAdmin::snapshots`](sirenia_core::StoreAdmin::snapshots).
 pub struct PostgresSnapshots {
     store: PostgresStore,
     save: String,

@@ -2,7 +2,7 @@
 //! file commit the handler's writes (its own tables through [`SqliteProjection`], documents)
 //! in the same SQLite transaction that moves the checkpoint, so a crash at any point neither
 //! loses nor repeats an effect. The target itself is core's
-//! [`TransactionalTarget`](sirenia_core::transactional::TransactionalTarget).
+//! [`TransactionalTarget`].
 //!
 //! Checkpoints live in the `projections` table, parked events in `parked_events`, documents in
 //! `documents`. One instance of a projection name runs at a time, across processes: a backend
@@ -64,7 +64,7 @@ impl SqliteProjection for () {
 pub type SqliteTarget<P> = TransactionalTarget<SqliteBackend<P>>;
 
 /// Checkpoints in the store's file for [`AtLeastOnce`](sirenia_core::projection::AtLeastOnce)
-/// projections (sinks outside the file): see [`crate::SqliteStore::checkpoints`].
+/// projections (sinks outside the file): see [`StoreAdmin::checkpoints`](sirenia_core::StoreAdmin::checkpoints).
 pub type SqliteCheckpoints = BackendCheckpoints<SqliteBackend<()>>;
 
 /// The embedded store's [`ProjectionBackend`], running handler `P` (`()` for none) in its

@@ -11,7 +11,7 @@ use crate::projection::open_connection;
 use crate::read::to_i64;
 use crate::sqlite_error;
 
-/// Snapshots kept in the embedded store's file: see [`crate::SqliteStore::snapshots`].
+/// Snapshots kept in the embedded store's file: see [`StoreAdmin::snapshots`](sirenia_core::StoreAdmin::snapshots).
 pub struct SqliteSnapshots {
     path: PathBuf,
     synchronous: &'static str,

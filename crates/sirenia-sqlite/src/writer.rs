@@ -51,7 +51,7 @@ enum ApplyError {
     Rejected(StoreError),
     /// An event id is already stored, or an expectation failed: decide again, looking every
     /// id up first.
-    Recheck,
+    DecideWithLookups,
     /// SQLite failed: the whole group fails and writes are disabled.
     Sqlite(rusqlite::Error),
 }
@@ -63,11 +63,11 @@ impl From<rusqlite::Error> for ApplyError {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
+enum IdCheck {
     /// Rely on the unique index to notice reused ids (no lookups).
-    Fast,
+    ByUniqueIndex,
     /// Look every id up first, as the port's idempotency rules are written.
-    Careful,
+    ByLookup,
 }
 
 /// Counters of what the writer committed.
@@ -224,15 +224,17 @@ impl Writer {
         self.control("BEGIN IMMEDIATE")?;
         for request in group {
             let stamps = request.recorded_at.as_deref();
-            let outcome = match self.apply(&request.writes, now, Mode::Fast, stamps) {
-                Err(ApplyError::Recheck) => self.apply(&request.writes, now, Mode::Careful, stamps),
+            let outcome = match self.apply(&request.writes, now, IdCheck::ByUniqueIndex, stamps) {
+                Err(ApplyError::DecideWithLookups) => {
+                    self.apply(&request.writes, now, IdCheck::ByLookup, stamps)
+                }
                 other => other,
             };
             match outcome {
                 Ok(result) => results.push(Ok(result)),
                 Err(ApplyError::Rejected(e)) => results.push(Err(e)),
-                Err(ApplyError::Recheck) => {
-                    // Careful mode looks every id up before inserting; a duplicate here means
+                Err(ApplyError::DecideWithLookups) => {
+                    // Checking ids by lookup looks every id up before inserting; a duplicate here means
                     // the index and the lookups disagree.
                     return Err(rusqlite::Error::SqliteFailure(
                         rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
@@ -247,18 +249,18 @@ impl Writer {
 
     /// One append, without savepoints: every write is decided before anything is inserted, so
     /// a refusal leaves nothing behind; the one failure possible while inserting, a stored event
-    /// id caught by the unique index in fast mode, is undone by deleting the rows this append
-    /// inserted (the newest of the open transaction).
+    /// id caught by the unique index (`IdCheck::ByUniqueIndex`), is undone by deleting the rows
+    /// this append inserted (the newest of the open transaction).
     fn apply(
         &mut self,
         writes: &[StreamWrite],
         now: Timestamp,
-        mode: Mode,
+        id_check: IdCheck,
         recorded_at: Option<&[Timestamp]>,
     ) -> Result<AppendResult, ApplyError> {
         let mut plan = Vec::with_capacity(writes.len());
         for write in writes {
-            if mode == Mode::Careful
+            if id_check == IdCheck::ByLookup
                 && let WriteDisposition::Repeat(original) = self.classify(write)?
             {
                 plan.push(Err(original));
@@ -274,8 +276,8 @@ impl Writer {
                 // repeat, not a conflict; and a stored id in an earlier write of this append
                 // is refused before this write's expectation. Decide as the port says: ids
                 // first, write by write.
-                if mode == Mode::Fast {
-                    return Err(ApplyError::Recheck);
+                if id_check == IdCheck::ByUniqueIndex {
+                    return Err(ApplyError::DecideWithLookups);
                 }
                 return Err(ApplyError::Rejected(match visible {
                     Err(e) => e,
@@ -310,7 +312,7 @@ impl Writer {
                         streams.push(appended);
                     }
                     // Undo what this append inserted before refusing it (or deciding again).
-                    Err(e @ (ApplyError::Recheck | ApplyError::Rejected(_))) => {
+                    Err(e @ (ApplyError::DecideWithLookups | ApplyError::Rejected(_))) => {
                         self.conn
                             .prepare_cached("DELETE FROM events WHERE position > ?1")?
                             .execute([to_i64(head_before)])?;
@@ -425,7 +427,7 @@ impl Writer {
                     self.head += rows as u64;
                     done += rows;
                 }
-                Err(e) if is_duplicate_event_id(&e) => return Err(ApplyError::Recheck),
+                Err(e) if is_duplicate_event_id(&e) => return Err(ApplyError::DecideWithLookups),
                 Err(e) => return Err(ApplyError::Sqlite(e)),
             }
         }
