@@ -483,7 +483,11 @@ impl<S: EventStore, T: ProjectionTarget> Projector<S, T> {
             Ok::<_, ProjectionError>(())
         };
         tokio::select! {
-            result = caught_up => result?,
+            result = caught_up => if let Err(e) = result {
+                // Start again (lock, stored checkpoint) on the next run.
+                self.started = false;
+                return Err(e);
+            },
             () = &mut shutdown => {
                 self.status.send_modify(|s| s.state = ProjectionState::Stopped);
                 self.started = false;
@@ -948,10 +952,18 @@ impl<H: Handler, C: CheckpointStore> ProjectionTarget for AtLeastOnce<H, C> {
         match self.handler.handle_batch(events).await {
             Ok(()) => Ok(self.checkpoints.save(&self.name, next).await?),
             Err(ApplyError::Handler { index, error, .. }) => {
+                let Some(failed) = events.get(index) else {
+                    return Err(ApplyError::Store(StoreError::Backend {
+                        message: format!(
+                            "handler {} reported a failure at index {index} of a page of {}",
+                            self.name,
+                            events.len()
+                        ),
+                        source: Some(error),
+                    }));
+                };
                 // What was handled before it is kept: store the checkpoint up to it.
-                if let Some(failed) = events.get(index)
-                    && index > 0
-                {
+                if index > 0 {
                     self.checkpoints.save(&self.name, failed.position).await?;
                 }
                 Err(ApplyError::Handler {
@@ -977,14 +989,10 @@ impl<H: Handler, C: CheckpointStore> ProjectionTarget for AtLeastOnce<H, C> {
     }
 
     async fn replay_parked(&mut self, event: RecordedEvent) -> Result<(), ApplyError> {
+        // Through `handle_batch`, so a sink that is unavailable stays a storage failure.
         self.handler
-            .handle(&event)
-            .await
-            .map_err(|error| ApplyError::Handler {
-                index: 0,
-                error,
-                prefix_committed: false,
-            })?;
+            .handle_batch(std::slice::from_ref(&event))
+            .await?;
         Ok(self.checkpoints.unpark(&self.name, event.position).await?)
     }
 

@@ -189,6 +189,9 @@ pub enum DocumentError {
         /// Its size.
         bytes: usize,
     },
+    /// A string of the document holds a NUL character (`\u0000`), which no store keeps.
+    #[error("the document holds a NUL character (\\u0000), which stores cannot keep")]
+    NulCharacter,
     /// The value could not be encoded as JSON.
     #[error("the document could not be encoded: {0}")]
     Encode(#[source] serde_json::Error),
@@ -415,6 +418,11 @@ impl Documents<'_> {
         if body.len() > MAX_DOCUMENT_BYTES {
             return Err(DocumentError::TooLarge { bytes: body.len() });
         }
+        // PostgreSQL's `jsonb` cannot hold a NUL character; no store takes one, so a document
+        // means the same everywhere.
+        if has_nul(&value) {
+            return Err(DocumentError::NulCharacter);
+        }
         self.overlay
             .insert((collection.to_owned(), id.to_owned()), Some(value));
         self.writes.push(DocumentWrite::Put {
@@ -446,6 +454,16 @@ impl Documents<'_> {
             collection: collection.to_owned(),
         });
         Ok(())
+    }
+}
+
+/// Whether a string (or a key) anywhere in `value` holds a NUL character.
+fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }
 
@@ -534,6 +552,8 @@ impl<B: ProjectionBackend, D: DocumentProjection> TransactionalTarget<B, D> {
 impl<B: ProjectionBackend, D: DocumentProjection> ProjectionTarget for TransactionalTarget<B, D> {
     async fn start(&mut self) -> Result<Checkpoint, StoreError> {
         self.backend.lock(&self.name).await?;
+        // Another instance may have written while this one did not hold the lock.
+        self.cache = DocumentCache::default();
         let setup = Work {
             step: Some(Step::Setup),
             ..Work::default()

@@ -285,6 +285,9 @@ pub struct PostgresBackend<P> {
     client: Option<tokio_postgres::Client>,
     /// The projection whose lock `client`'s session holds.
     locked: Option<String>,
+    /// The projection whose lock went with a closed connection: nothing is read or committed
+    /// until `lock` takes it again (the projector starts again after the error).
+    lost: Option<String>,
 }
 
 impl<P: PostgresProjection> PostgresBackend<P> {
@@ -295,10 +298,36 @@ impl<P: PostgresProjection> PostgresBackend<P> {
             handler,
             client: None,
             locked: None,
+            lost: None,
+        }
+    }
+
+    /// Forgets a connection that has closed (a restart, a failover, a dropped session): a new
+    /// one is opened on next use, unless the lock went with it.
+    fn forget_closed(&mut self) {
+        if self
+            .client
+            .as_ref()
+            .is_some_and(tokio_postgres::Client::is_closed)
+        {
+            self.client = None;
+            if let Some(name) = self.locked.take() {
+                self.lost = Some(name);
+            }
         }
     }
 
     async fn client(&mut self) -> Result<&mut tokio_postgres::Client, StoreError> {
+        self.forget_closed();
+        if let Some(name) = &self.lost {
+            return Err(StoreError::Backend {
+                message: format!(
+                    "the connection holding the lock of projection {name} closed; the \
+                     projector must take the lock again"
+                ),
+                source: None,
+            });
+        }
         if self.client.is_none() {
             self.client = Some(self.store.dedicated_client().await?);
         }
@@ -419,6 +448,7 @@ async fn read_request(
 
 impl<P: PostgresProjection> ProjectionBackend for PostgresBackend<P> {
     async fn lock(&mut self, name: &str) -> Result<(), StoreError> {
+        self.forget_closed();
         if let Some(held) = &self.locked {
             if held == name {
                 return Ok(());
@@ -439,6 +469,7 @@ impl<P: PostgresProjection> ProjectionBackend for PostgresBackend<P> {
             .map_err(pg_error)?;
         self.client = Some(client);
         self.locked = Some(name.to_owned());
+        self.lost = None;
         Ok(())
     }
 
@@ -466,9 +497,7 @@ impl<P: PostgresProjection> ProjectionBackend for PostgresBackend<P> {
     }
 
     async fn commit(&mut self, name: &str, work: Work) -> Result<(), ApplyError> {
-        if self.client.is_none() {
-            self.client().await?;
-        }
+        self.client().await?;
         let Some(client) = self.client.as_mut() else {
             return Err(StoreError::Closed.into());
         };

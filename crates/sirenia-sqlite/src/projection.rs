@@ -73,9 +73,8 @@ pub struct SqliteBackend<P> {
     path: PathBuf,
     synchronous: &'static str,
     changes: Arc<watch::Sender<u64>>,
-    handler: Option<P>,
-    /// The connection and handler once opened. Blocking work takes them out and puts them
-    /// back itself, so a caller that stops waiting (a cancelled run) loses nothing.
+    /// The handler and, once opened, the connection. Blocking work takes them out and puts
+    /// them back itself, so a caller that stops waiting (a cancelled run) loses nothing.
     inner: Arc<Mutex<Option<Box<Inner<P>>>>>,
     /// Set while blocking work holds `inner` (cleared when it puts it back, or panics).
     busy: Arc<AtomicBool>,
@@ -93,7 +92,7 @@ impl Drop for Busy {
 }
 
 struct Inner<P> {
-    conn: Connection,
+    conn: Option<Connection>,
     handler: P,
 }
 
@@ -108,8 +107,10 @@ impl<P: SqliteProjection> SqliteBackend<P> {
             path: path.to_owned(),
             synchronous,
             changes,
-            handler: Some(handler),
-            inner: Arc::new(Mutex::new(None)),
+            inner: Arc::new(Mutex::new(Some(Box::new(Inner {
+                conn: None,
+                handler,
+            })))),
             busy: Arc::new(AtomicBool::new(false)),
             lock: None,
         }
@@ -120,44 +121,38 @@ impl<P: SqliteProjection> SqliteBackend<P> {
     async fn with<R, F>(&mut self, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&mut Inner<P>) -> R + Send + 'static,
+        F: FnOnce(&mut Connection, &mut P) -> R + Send + 'static,
     {
-        let opened = match take_inner(self.inner.clone(), self.busy.clone()).await? {
-            Some(inner) => Ok(inner),
-            None => match self.handler.take() {
-                Some(handler) => Err(handler),
-                None => {
-                    return Err(StoreError::Backend {
-                        message: "a projection handler panicked; the target cannot go on"
-                            .to_owned(),
-                        source: None,
-                    });
-                }
-            },
+        let Some(mut inner) = take_inner(self.inner.clone(), self.busy.clone()).await? else {
+            return Err(StoreError::Backend {
+                message: "a projection handler panicked; the target cannot go on".to_owned(),
+                source: None,
+            });
         };
         let (slot, path, synchronous) = (self.inner.clone(), self.path.clone(), self.synchronous);
         self.busy.store(true, Ordering::SeqCst);
         let busy = Busy(self.busy.clone());
-        let (result, handler_back) = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let _busy = busy;
-            let mut inner = match opened {
-                Ok(inner) => inner,
-                Err(handler) => match open_connection(&path, synchronous) {
-                    Ok(conn) => Box::new(Inner { conn, handler }),
-                    // Not opened: the handler goes back to the backend for the next try.
-                    Err(e) => return (Err(e), Some(handler)),
+            let conn = match inner.conn.take() {
+                Some(conn) => conn,
+                None => match open_connection(&path, synchronous) {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Not opened: the handler goes back for the next try.
+                        *lock(&slot) = Some(inner);
+                        return Err(e);
+                    }
                 },
             };
-            let result = f(&mut inner);
+            let inner_ref = &mut *inner;
+            let conn = inner_ref.conn.insert(conn);
+            let result = f(conn, &mut inner_ref.handler);
             *lock(&slot) = Some(inner);
-            (Ok(result), None)
+            Ok(result)
         })
         .await
-        .map_err(|e| StoreError::backend("a projection handler panicked", e))?;
-        if let Some(handler) = handler_back {
-            self.handler = Some(handler);
-        }
-        result
+        .map_err(|e| StoreError::backend("a projection handler panicked", e))?
     }
 }
 
@@ -522,14 +517,13 @@ impl<P: SqliteProjection> ProjectionBackend for SqliteBackend<P> {
 
     async fn checkpoint(&mut self, name: &str) -> Result<Checkpoint, StoreError> {
         let name = name.to_owned();
-        self.with(move |inner| load_checkpoint(&inner.conn, &name))
+        self.with(move |conn, _| load_checkpoint(conn, &name))
             .await?
     }
 
     async fn parked(&mut self, name: &str) -> Result<Vec<FailedEvent>, StoreError> {
         let name = name.to_owned();
-        self.with(move |inner| list_parked(&inner.conn, &name))
-            .await?
+        self.with(move |conn, _| list_parked(conn, &name)).await?
     }
 
     async fn pending_request(
@@ -537,23 +531,22 @@ impl<P: SqliteProjection> ProjectionBackend for SqliteBackend<P> {
         name: &str,
     ) -> Result<Option<ProjectionRequest>, StoreError> {
         let name = name.to_owned();
-        self.with(move |inner| read_request(&inner.conn, &name))
-            .await?
+        self.with(move |conn, _| read_request(conn, &name)).await?
     }
 
     async fn document(&mut self, collection: &str, id: &str) -> Result<Option<Value>, StoreError> {
         let (collection, id) = (collection.to_owned(), id.to_owned());
-        self.with(move |inner| read_document(&inner.conn, &collection, &id))
+        self.with(move |conn, _| read_document(conn, &collection, &id))
             .await?
     }
 
     async fn commit(&mut self, name: &str, work: Work) -> Result<(), ApplyError> {
         let name = name.to_owned();
-        let notify = !work.bookkeeping.is_empty();
-        self.with(move |inner| {
-            let tx = immediate(&mut inner.conn)?;
+        let changes = self.changes.clone();
+        self.with(move |conn, handler| {
+            let tx = immediate(conn)?;
             if let Some(step) = &work.step {
-                run_step(&mut inner.handler, &tx, step)?;
+                run_step(handler, &tx, step)?;
             }
             for write in &work.documents {
                 put_document(&tx, write)?;
@@ -562,12 +555,13 @@ impl<P: SqliteProjection> ProjectionBackend for SqliteBackend<P> {
                 bookkeeping(&tx, &name, change)?;
             }
             tx.commit().map_err(sqlite_error)?;
+            // Here, not after the await: a caller cancelled after the commit still wakes waits.
+            if !work.bookkeeping.is_empty() {
+                changes.send_modify(|n| *n = n.wrapping_add(1));
+            }
             Ok::<(), ApplyError>(())
         })
         .await??;
-        if notify {
-            self.changes.send_modify(|n| *n = n.wrapping_add(1));
-        }
         Ok(())
     }
 }

@@ -207,10 +207,12 @@ impl ReadModel {
     /// Waits until the projection has processed `position`, at most [`MAX_WAIT`]; `false` if
     /// it had not by then.
     pub async fn wait_for(&self, position: Position) -> Result<bool, StoreError> {
-        if self.status.borrow().has_processed(position) {
+        let active = self.active_version().await?;
+        // This instance's status speaks for readers only when they read its version.
+        if active == VERSION && self.status.borrow().has_processed(position) {
             return Ok(true);
         }
-        let name = projection_name(&self.active_version().await?);
+        let name = projection_name(&active);
         self.store
             .wait_for_checkpoint(&name, position, MAX_WAIT)
             .await
