@@ -300,24 +300,27 @@ impl<B: ProjectionBackend> DocumentSource for B {
     }
 }
 
-/// Committed documents this target wrote or read, bounded by [`MAX_CACHED_DOCUMENTS`].
+/// Committed documents this target wrote or read, by collection and id (looked up without
+/// allocating), bounded by [`MAX_CACHED_DOCUMENTS`].
 #[derive(Debug, Default)]
 struct DocumentCache {
-    documents: HashMap<(String, String), Value>,
+    collections: HashMap<String, HashMap<String, Value>>,
+    len: usize,
 }
 
 impl DocumentCache {
     fn get(&self, collection: &str, id: &str) -> Option<&Value> {
-        // A tuple key cannot be looked up by borrowed parts without allocating; the cache is
-        // small and reads are per event, so the allocation is the simpler choice.
-        self.documents.get(&(collection.to_owned(), id.to_owned()))
+        self.collections.get(collection)?.get(id)
     }
 
-    fn insert(&mut self, key: (String, String), value: Value) {
-        if self.documents.len() >= MAX_CACHED_DOCUMENTS && !self.documents.contains_key(&key) {
-            self.documents.clear();
+    fn insert(&mut self, collection: &str, id: &str, value: Value) {
+        if self.len >= MAX_CACHED_DOCUMENTS {
+            *self = DocumentCache::default();
         }
-        self.documents.insert(key, value);
+        let documents = self.collections.entry(collection.to_owned()).or_default();
+        if documents.insert(id.to_owned(), value).is_none() {
+            self.len += 1;
+        }
     }
 
     /// Forgets what `writes` touch (before they commit: a commit whose outcome is lost must not
@@ -327,10 +330,16 @@ impl DocumentCache {
             match write {
                 DocumentWrite::Put { collection, id, .. }
                 | DocumentWrite::Delete { collection, id } => {
-                    self.documents.remove(&(collection.clone(), id.clone()));
+                    if let Some(documents) = self.collections.get_mut(collection)
+                        && documents.remove(id).is_some()
+                    {
+                        self.len -= 1;
+                    }
                 }
                 DocumentWrite::Clear { collection } => {
-                    self.documents.retain(|(c, _), _| c != collection);
+                    if let Some(documents) = self.collections.remove(collection) {
+                        self.len -= documents.len();
+                    }
                 }
             }
         }
@@ -344,7 +353,7 @@ pub struct Documents<'a> {
     cache: &'a mut DocumentCache,
     owned: &'a [String],
     /// This page's view: `None` is a deletion.
-    overlay: HashMap<(String, String), Option<Value>>,
+    overlay: HashMap<String, HashMap<String, Option<Value>>>,
     cleared: HashSet<String>,
     writes: Vec<DocumentWrite>,
 }
@@ -368,8 +377,7 @@ impl Documents<'_> {
         id: &str,
     ) -> Result<Option<Value>, DocumentError> {
         self.check(collection, Some(id))?;
-        let key = (collection.to_owned(), id.to_owned());
-        if let Some(value) = self.overlay.get(&key) {
+        if let Some(value) = self.overlay.get(collection).and_then(|c| c.get(id)) {
             return Ok(value.clone());
         }
         if self.cleared.contains(collection) {
@@ -380,7 +388,7 @@ impl Documents<'_> {
         }
         let fetched = self.source.fetch(collection, id).await?;
         if let Some(value) = &fetched {
-            self.cache.insert(key, value.clone());
+            self.cache.insert(collection, id, value.clone());
         }
         Ok(fetched)
     }
@@ -424,7 +432,9 @@ impl Documents<'_> {
             return Err(DocumentError::NulCharacter);
         }
         self.overlay
-            .insert((collection.to_owned(), id.to_owned()), Some(value));
+            .entry(collection.to_owned())
+            .or_default()
+            .insert(id.to_owned(), Some(value));
         self.writes.push(DocumentWrite::Put {
             collection: collection.to_owned(),
             id: id.to_owned(),
@@ -437,7 +447,9 @@ impl Documents<'_> {
     pub fn delete(&mut self, collection: &str, id: &str) -> Result<(), DocumentError> {
         self.check(collection, Some(id))?;
         self.overlay
-            .insert((collection.to_owned(), id.to_owned()), None);
+            .entry(collection.to_owned())
+            .or_default()
+            .insert(id.to_owned(), None);
         self.writes.push(DocumentWrite::Delete {
             collection: collection.to_owned(),
             id: id.to_owned(),
@@ -448,7 +460,7 @@ impl Documents<'_> {
     /// Removes every document of `collection`.
     pub fn clear(&mut self, collection: &str) -> Result<(), DocumentError> {
         self.check(collection, None)?;
-        self.overlay.retain(|(c, _), _| c != collection);
+        self.overlay.remove(collection);
         self.cleared.insert(collection.to_owned());
         self.writes.push(DocumentWrite::Clear {
             collection: collection.to_owned(),

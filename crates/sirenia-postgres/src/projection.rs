@@ -310,10 +310,45 @@ impl<P: PostgresProjection> PostgresBackend<P> {
             .as_ref()
             .is_some_and(tokio_postgres::Client::is_closed)
         {
-            self.client = None;
-            if let Some(name) = self.locked.take() {
-                self.lost = Some(name);
-            }
+            self.forget_connection();
+        }
+    }
+
+    fn forget_connection(&mut self) {
+        self.client = None;
+        if let Some(name) = self.locked.take() {
+            self.lost = Some(name);
+        }
+    }
+
+    /// `result`, after forgetting the connection if it failed because the connection closed
+    /// (the client may learn of it only from the failing call).
+    fn checked<T>(&mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &result {
+            self.note_failure(e);
+        }
+        result
+    }
+
+    fn note_failure(&mut self, error: &StoreError) {
+        if let StoreError::Backend {
+            source: Some(source),
+            ..
+        } = error
+            && source
+                .downcast_ref::<tokio_postgres::Error>()
+                .is_some_and(tokio_postgres::Error::is_closed)
+        {
+            self.forget_connection();
+        }
+    }
+
+    /// The connection (opened if needed) and the statements.
+    async fn connection(&mut self) -> Result<(&tokio_postgres::Client, &Sql), StoreError> {
+        self.client().await?;
+        match &self.client {
+            Some(client) => Ok((client, &self.sql)),
+            None => Err(StoreError::Closed),
         }
     }
 
@@ -474,26 +509,38 @@ impl<P: PostgresProjection> ProjectionBackend for PostgresBackend<P> {
     }
 
     async fn checkpoint(&mut self, name: &str) -> Result<Checkpoint, StoreError> {
-        let sql = self.sql.clone();
-        load_checkpoint(&*self.client().await?, &sql, name).await
+        let result = match self.connection().await {
+            Ok((client, sql)) => load_checkpoint(client, sql, name).await,
+            Err(e) => Err(e),
+        };
+        self.checked(result)
     }
 
     async fn parked(&mut self, name: &str) -> Result<Vec<FailedEvent>, StoreError> {
-        let sql = self.sql.clone();
-        list_parked(&*self.client().await?, &sql, name).await
+        let result = match self.connection().await {
+            Ok((client, sql)) => list_parked(client, sql, name).await,
+            Err(e) => Err(e),
+        };
+        self.checked(result)
     }
 
     async fn pending_request(
         &mut self,
         name: &str,
     ) -> Result<Option<ProjectionRequest>, StoreError> {
-        let sql = self.sql.clone();
-        read_request(&*self.client().await?, &sql, name).await
+        let result = match self.connection().await {
+            Ok((client, sql)) => read_request(client, sql, name).await,
+            Err(e) => Err(e),
+        };
+        self.checked(result)
     }
 
     async fn document(&mut self, collection: &str, id: &str) -> Result<Option<Value>, StoreError> {
-        let sql = self.sql.clone();
-        read_document(&*self.client().await?, &sql, collection, id).await
+        let result = match self.connection().await {
+            Ok((client, sql)) => read_document(client, sql, collection, id).await,
+            Err(e) => Err(e),
+        };
+        self.checked(result)
     }
 
     async fn commit(&mut self, name: &str, work: Work) -> Result<(), ApplyError> {
@@ -501,26 +548,42 @@ impl<P: PostgresProjection> ProjectionBackend for PostgresBackend<P> {
         let Some(client) = self.client.as_mut() else {
             return Err(StoreError::Closed.into());
         };
-        let tx = client.transaction().await.map_err(pg_error)?;
-        if let Some(step) = &work.step {
-            Self::run_step(&mut self.handler, &tx, step).await?;
+        let result = commit_on(client, &self.sql, &mut self.handler, name, &work).await;
+        if let Err(ApplyError::Store(e)) = &result {
+            self.note_failure(e);
         }
-        for write in &work.documents {
-            write_document(&tx, &self.sql, write).await?;
-        }
-        for change in &work.bookkeeping {
-            bookkeeping(&tx, &self.sql, name, change).await?;
-        }
-        if !work.bookkeeping.is_empty() {
-            // Delivered at commit: other processes' checkpoint waits wake.
-            tx.batch_execute(&self.sql.notify).await.map_err(pg_error)?;
-        }
-        tx.commit().await.map_err(pg_error)?;
+        result?;
         if !work.bookkeeping.is_empty() {
             self.store.projection_committed();
         }
         Ok(())
     }
+}
+
+/// Runs `work` in one transaction on `client`.
+async fn commit_on<P: PostgresProjection>(
+    client: &mut tokio_postgres::Client,
+    sql: &Sql,
+    handler: &mut P,
+    name: &str,
+    work: &Work,
+) -> Result<(), ApplyError> {
+    let tx = client.transaction().await.map_err(pg_error)?;
+    if let Some(step) = &work.step {
+        PostgresBackend::run_step(handler, &tx, step).await?;
+    }
+    for write in &work.documents {
+        write_document(&tx, sql, write).await?;
+    }
+    for change in &work.bookkeeping {
+        bookkeeping(&tx, sql, name, change).await?;
+    }
+    if !work.bookkeeping.is_empty() {
+        // Delivered at commit: other processes' checkpoint waits wake.
+        tx.batch_execute(&sql.notify).await.map_err(pg_error)?;
+    }
+    tx.commit().await.map_err(pg_error)?;
+    Ok(())
 }
 
 /// Every projection recorded in the schema.

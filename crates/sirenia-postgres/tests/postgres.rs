@@ -1274,3 +1274,73 @@ async fn a_database_gone_back_behind_a_reconnect_leaves_no_gap() {
         (1, 0)
     );
 }
+
+/// Ends every other session whose last statement read `schema`'s projection checkpoints (a
+/// projection backend's connection), as a server restart or a killed session would.
+async fn terminate_projection_sessions(schema: &str) -> u64 {
+    let (client, connection) = tokio_postgres::connect(&common::url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let rows = client
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE pid <> pg_backend_pid() AND query LIKE $1",
+            &[&format!("%\"{schema}\".projections%")],
+        )
+        .await
+        .unwrap();
+    rows.len() as u64
+}
+
+/// A backend whose connection was killed opens a new one (at-least-once checkpoints go on);
+/// one that held a projection's lock refuses to commit without it, the lock is free for
+/// another instance, and starting again takes it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projection_backends_survive_a_killed_connection_and_never_commit_without_the_lock() {
+    use sirenia_core::Position;
+    use sirenia_core::projection::{CheckpointStore, EventBatch, ProjectionTarget};
+    use sirenia_core::transactional::NoDocuments;
+
+    let store = common::fresh_store().await;
+    let inner = store.store().clone();
+    let schema = inner.schema().to_owned();
+
+    let mut checkpoints = inner.checkpoints();
+    checkpoints.save("relay", Position(5)).await.unwrap();
+    assert_eq!(checkpoints.load("relay").await.unwrap().next, Position(5));
+    assert_eq!(terminate_projection_sessions(&schema).await, 1);
+    // The first use may be the one that finds the connection gone; the next opens a new one.
+    if checkpoints.save("relay", Position(7)).await.is_err() {
+        checkpoints.save("relay", Position(7)).await.unwrap();
+    }
+    assert_eq!(checkpoints.load("relay").await.unwrap().next, Position(7));
+
+    let mut active = inner.document_projection("locked", NoDocuments);
+    active.start().await.unwrap();
+    // The target's session, and the checkpoint store's if it is still open.
+    assert!(terminate_projection_sessions(&schema).await >= 1);
+    for _ in 0..2 {
+        assert!(
+            active
+                .apply(EventBatch::new(Vec::new()), Position(9))
+                .await
+                .is_err(),
+            "committed without the projection's lock"
+        );
+    }
+    assert_eq!(inner.checkpoint("locked").await.unwrap().next, Position(1));
+    // The lock went with the session: another instance takes it at once.
+    let mut other = inner.document_projection("locked", NoDocuments);
+    tokio::time::timeout(Duration::from_secs(30), other.start())
+        .await
+        .expect("the killed session's lock was released")
+        .unwrap();
+    drop(other);
+    active.start().await.unwrap();
+    active
+        .apply(EventBatch::new(Vec::new()), Position(9))
+        .await
+        .unwrap();
+    assert_eq!(inner.checkpoint("locked").await.unwrap().next, Position(9));
+}

@@ -64,7 +64,8 @@ impl SqliteProjection for () {
 pub type SqliteTarget<P> = TransactionalTarget<SqliteBackend<P>>;
 
 /// Checkpoints in the store's file for [`AtLeastOnce`](sirenia_core::projection::AtLeastOnce)
-/// projections (sinks outside the file): see [`StoreAdmin::checkpoints`](sirenia_core::StoreAdmin::checkpoints).
+/// projections (sinks outside the file): see
+/// [`StoreAdmin::checkpoints`](sirenia_core::StoreAdmin::checkpoints).
 pub type SqliteCheckpoints = BackendCheckpoints<SqliteBackend<()>>;
 
 /// The embedded store's [`ProjectionBackend`], running handler `P` (`()` for none) in its
@@ -156,8 +157,8 @@ impl<P: SqliteProjection> SqliteBackend<P> {
     }
 }
 
-/// Takes the started connection and handler from `slot`, first waiting for blocking work a
-/// cancelled caller left running to put them back. `None` if not started (or lost to a panic).
+/// Takes the handler (and connection) from `slot`, first waiting for blocking work a cancelled
+/// caller left running to put them back. `None` if they were lost to a panic.
 async fn take_inner<T>(
     slot: Arc<Mutex<Option<T>>>,
     busy: Arc<AtomicBool>,
